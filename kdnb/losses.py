@@ -1,0 +1,256 @@
+r"""Knowledge-distillation losses (Hinton, Vinyals & Dean, 2015).
+
+Convention (used throughout the book): the **soft ratio** :math:`\rho \in [0, 1]` is the weight of the soft (teacher)
+term, so :math:`\rho = 1` is pure distillation and :math:`\rho = 0` is ordinary training on labels,
+
+.. math::
+
+    \ell = \rho \, c_T \, \mathrm{KL}\!\left(p_T(z_t) \,\|\, p_T(z_s)\right) + (1 - \rho)\, \mathrm{CE}\!\left(y, p_1(z_s)\right),
+    \qquad p_T(z) = \mathrm{softmax}(z / T),
+
+with :math:`c_T = T^2` when ``t2_scaling=True`` (Hinton's choice, default here: it keeps the soft term's gradient of order
+one as T grows, since that gradient is :math:`(c_T/T)(p_T(z_s) - p_T(z_t))`) and :math:`c_T = 1` otherwise (the "plain"
+convention). The binary losses use one logit per example and the sigmoid in place of the softmax.
+
+The KL divergence equals the cross-entropy :math:`H(p_T(z_t), p_T(z_s))` minus the teacher's entropy, which does not
+depend on the student, so both give the same gradients; KL is reported because it is zero when the student matches.
+Everything is computed from log-softmax / softplus, so logits of size 1e4 and temperatures from 0.1 to 100 stay finite.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .validation import check_choice, check_finite_tensor, check_soft_ratio, check_temperature
+
+__all__ = [
+    "binary_kd_loss",
+    "binary_kd_loss_gradient",
+    "kd_loss",
+    "kd_loss_gradient",
+    "soften",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softened class probabilities :math:`\\mathrm{softmax}(z/T)` along the last axis."""
+    temperature = check_temperature(temperature)
+    check_finite_tensor(logits, "logits")
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def _check_common(student_logits, teacher_logits, rho, temperature, reduction):
+    check_finite_tensor(student_logits, "student_logits")
+    check_finite_tensor(teacher_logits, "teacher_logits")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits and teacher_logits must have the same shape, "
+            f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    if student_logits.dtype != teacher_logits.dtype:
+        raise TypeError(
+            f"student_logits and teacher_logits must have the same dtype, "
+            f"got {student_logits.dtype} and {teacher_logits.dtype}"
+        )
+    if student_logits.device != teacher_logits.device:
+        raise ValueError(
+            f"student_logits and teacher_logits must be on the same device, "
+            f"got {student_logits.device} and {teacher_logits.device}"
+        )
+    rho = check_soft_ratio(rho)
+    temperature = check_temperature(temperature)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    return rho, temperature
+
+
+def _check_labelled(labelled, n: int, device) -> torch.Tensor | None:
+    if labelled is None:
+        return None
+    if not isinstance(labelled, torch.Tensor):
+        raise TypeError(f"labelled must be a bool torch.Tensor or None, got {type(labelled).__name__}")
+    if labelled.dtype != torch.bool:
+        raise TypeError(f"labelled must have dtype torch.bool, got {labelled.dtype}")
+    if labelled.shape != (n,):
+        raise ValueError(f"labelled must have shape ({n},) to match the batch, got {tuple(labelled.shape)}")
+    return labelled.to(device)
+
+
+def _reduce(soft: torch.Tensor, hard: torch.Tensor, rho: float, c_t: float, labelled, reduction: str):
+    """Combine per-example soft and hard terms; with a mask, the hard term averages over labelled examples only."""
+    if labelled is not None:
+        hard = torch.where(labelled, hard, torch.zeros_like(hard))
+    if reduction == "none":
+        return rho * c_t * soft + (1.0 - rho) * hard
+    if reduction == "sum":
+        return rho * c_t * soft.sum() + (1.0 - rho) * hard.sum()
+    n_hard = hard.numel() if labelled is None else int(labelled.sum())
+    hard_mean = hard.sum() / n_hard if n_hard > 0 else hard.sum() * 0.0
+    return rho * c_t * soft.mean() + (1.0 - rho) * hard_mean
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    rho: float,
+    temperature: float,
+    t2_scaling: bool = True,
+    labelled: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Multi-class Hinton KD loss :math:`\rho c_T \mathrm{KL}(p_T(z_t)\|p_T(z_s)) + (1-\rho)\mathrm{CE}(y, p_1(z_s))`.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : (N, C) float tensors of the same shape, dtype and device.
+    labels : (N,) int64 class indices in [0, C); required unless ``rho == 1``.
+    rho : soft ratio in [0, 1] (1 = pure distillation, 0 = labels only).
+    temperature : T > 0, applied to both teacher and student in the soft term only.
+    t2_scaling : multiply the soft term by :math:`T^2` (Hinton et al. 2015). Default True.
+    labelled : optional (N,) bool mask; the hard term uses only the examples where it is True (a transfer set mixes
+        labelled and unlabelled inputs). With ``reduction="mean"`` the hard term is averaged over the labelled examples
+        and the soft term over all of them.
+    reduction : ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-example values).
+    """
+    rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, reduction)
+    if student_logits.ndim != 2 or student_logits.shape[1] < 2:
+        raise ValueError(f"student_logits must have shape (N, C) with C >= 2, got {tuple(student_logits.shape)}")
+    n, n_classes = student_logits.shape
+    labelled = _check_labelled(labelled, n, student_logits.device)
+
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+    soft = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+
+    if rho < 1.0:
+        labels = _check_class_labels(labels, n, n_classes, labelled)
+        hard = F.cross_entropy(student_logits, labels.to(student_logits.device), reduction="none")
+    else:
+        hard = torch.zeros_like(soft)
+    c_t = temperature**2 if t2_scaling else 1.0
+    return _reduce(soft, hard, rho, c_t, labelled, reduction)
+
+
+def _check_class_labels(labels, n: int, n_classes: int, labelled) -> torch.Tensor:
+    if labels is None:
+        raise ValueError("labels are required when rho < 1 (the hard-label term has weight 1 - rho > 0)")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
+    labels = labels.long()
+    if labelled is not None:
+        # Unlabelled entries may hold any placeholder; map them to class 0 so cross_entropy accepts them.
+        labels = torch.where(labelled.to(labels.device), labels, torch.zeros_like(labels))
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    return labels
+
+
+def kd_loss_gradient(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    rho: float,
+    temperature: float,
+    t2_scaling: bool = True,
+) -> torch.Tensor:
+    r"""Closed-form gradient of the per-example :func:`kd_loss` with respect to the student logits.
+
+    .. math:: \partial \ell / \partial z_s = \rho \frac{c_T}{T}\left(p_T(z_s) - p_T(z_t)\right)
+              + (1-\rho)\left(p_1(z_s) - e_y\right)
+
+    (no averaging over the batch: row i is the gradient of example i's loss).
+    """
+    rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, "none")
+    if student_logits.ndim != 2 or student_logits.shape[1] < 2:
+        raise ValueError(f"student_logits must have shape (N, C) with C >= 2, got {tuple(student_logits.shape)}")
+    c_t = temperature**2 if t2_scaling else 1.0
+    soft = torch.softmax(student_logits / temperature, 1) - torch.softmax(teacher_logits / temperature, 1)
+    grad = rho * c_t / temperature * soft
+    if rho < 1.0:
+        n, n_classes = student_logits.shape
+        labels = _check_class_labels(labels, n, n_classes, None)
+        one_hot = F.one_hot(labels, n_classes).to(student_logits.dtype)
+        grad = grad + (1.0 - rho) * (torch.softmax(student_logits, 1) - one_hot)
+    return grad
+
+
+def _check_binary(student_logits, labels, rho):
+    if student_logits.ndim != 1:
+        raise ValueError(f"binary logits must have shape (N,) (one logit per example), got {tuple(student_logits.shape)}")
+    if rho < 1.0:
+        if labels is None:
+            raise ValueError("labels are required when rho < 1 (the hard-label term has weight 1 - rho > 0)")
+        check_finite_tensor(labels, "labels")
+        if labels.shape != student_logits.shape:
+            raise ValueError(f"labels must have shape {tuple(student_logits.shape)}, got {tuple(labels.shape)}")
+        if bool(((labels < 0) | (labels > 1)).any()):
+            raise ValueError("binary labels must lie in [0, 1] (probabilities of the positive class)")
+        return labels.to(student_logits.dtype)
+    return None
+
+
+def binary_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    rho: float,
+    temperature: float,
+    t2_scaling: bool = True,
+    labelled: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Binary (sigmoid) KD loss, one logit per example (the setting of Ji & Zhu 2020).
+
+    .. math:: \ell = \rho\, c_T\, \mathrm{KL}\!\left(\sigma(z_t/T) \,\|\, \sigma(z_s/T)\right)
+              + (1-\rho)\, H\!\left(y, \sigma(z_s)\right)
+
+    with Bernoulli KL and binary cross-entropy ``H``. ``labels`` are floats in [0, 1]. Other arguments as in
+    :func:`kd_loss`. The log-probabilities are :math:`\log\sigma(a) = -\mathrm{softplus}(-a)`, which is stable.
+    """
+    rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, reduction)
+    labels = _check_binary(student_logits, labels, rho)
+    labelled = _check_labelled(labelled, student_logits.shape[0], student_logits.device)
+
+    a_t, a_s = teacher_logits / temperature, student_logits / temperature
+    p_t = torch.sigmoid(a_t)
+    # log p - log q for both outcomes, via softplus (log σ(a) = -softplus(-a), log(1-σ(a)) = -softplus(a)).
+    soft = p_t * (F.softplus(-a_s) - F.softplus(-a_t)) + (1 - p_t) * (F.softplus(a_s) - F.softplus(a_t))
+    if labels is not None:
+        hard = F.binary_cross_entropy_with_logits(student_logits, labels, reduction="none")
+    else:
+        hard = torch.zeros_like(soft)
+    c_t = temperature**2 if t2_scaling else 1.0
+    return _reduce(soft, hard, rho, c_t, labelled, reduction)
+
+
+def binary_kd_loss_gradient(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    rho: float,
+    temperature: float,
+    t2_scaling: bool = True,
+) -> torch.Tensor:
+    r"""Closed-form per-example gradient of :func:`binary_kd_loss`:
+
+    .. math:: \partial\ell/\partial z_s = \rho \frac{c_T}{T}\left[\sigma(z_s/T) - \sigma(z_t/T)\right]
+              + (1-\rho)\left[\sigma(z_s) - y\right]
+    """
+    rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, "none")
+    labels = _check_binary(student_logits, labels, rho)
+    c_t = temperature**2 if t2_scaling else 1.0
+    grad = rho * c_t / temperature * (torch.sigmoid(student_logits / temperature) - torch.sigmoid(teacher_logits / temperature))
+    if labels is not None:
+        grad = grad + (1.0 - rho) * (torch.sigmoid(student_logits) - labels)
+    return grad

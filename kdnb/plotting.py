@@ -1,0 +1,82 @@
+"""Plotting: one seaborn style for the whole book, and helpers that glue figures and numbers into the prose.
+
+In the book, a figure is placed in the text with MyST-NB's ``{glue:figure}`` directive, which carries the caption and a
+label that the prose references. :func:`glue_figure` glues the figure under a name and also shows it, with its caption,
+in the cell's own output for readers in JupyterLab. Tag such cells ``remove-output`` so that the book shows the figure
+once, where the prose puts it (the glued copy is kept: MyST-NB reads glue data before it applies cell tags).
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import matplotlib
+import matplotlib.pyplot as plt
+
+__all__ = ["PALETTE", "glue_figure", "glue_value", "use_style"]
+
+PALETTE = "colorblind"
+
+
+def use_style(context: str = "notebook") -> None:
+    """Apply the book's style: seaborn ``whitegrid``, the colour-blind palette, and figure defaults."""
+    import seaborn as sns
+
+    sns.set_theme(context=context, style="whitegrid", palette=PALETTE)
+    matplotlib.rcParams.update({
+        "figure.figsize": (6.4, 4.0),
+        "figure.dpi": 100,
+        "savefig.dpi": 120,
+        "savefig.bbox": "tight",
+        "axes.titleweight": "bold",
+        "legend.frameon": False,
+    })
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the notebook stack
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def glue_figure(name: str, fig: "matplotlib.figure.Figure", caption: str) -> None:
+    """Glue ``fig`` as ``name`` for ``{glue:figure}``, show it with ``caption`` below, and close it.
+
+    Every axis that holds data must have both labels set: a figure with an unlabelled axis raises ``ValueError``,
+    so that an unlabelled plot never reaches the book.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError("caption must be a non-empty string")
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>" or not ax.get_visible() or not ax.has_data():
+            continue
+        if not ax.get_xlabel() or not ax.get_ylabel():
+            raise ValueError(f"figure {name!r}: every axis needs an x and a y label (axis titled {ax.get_title()!r})")
+    if _in_notebook():
+        from IPython.display import Markdown, display
+        from myst_nb import glue
+
+        glue(name, fig, display=False)
+        display(fig)
+        display(Markdown(f"*Figure `{name}`.* {caption}"))
+    plt.close(fig)
+
+
+def glue_value(name: str, value: float) -> None:
+    """Glue a number for ``{glue:text}`` in the prose, e.g. ``{glue:text}`kd-gain:.1%```; a no-op outside a kernel.
+
+    Glue numbers, not pre-formatted strings: MyST-NB shows a glued string with its quotes.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"value must be a number, got {type(value).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string")
+    if _in_notebook():
+        from myst_nb import glue
+
+        glue(name, float(value), display=False)

@@ -1,0 +1,99 @@
+"""Digits loading and splits, stratified subsets, and the synthetic functions on the sphere."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdnb.data import GaussianMixtureOnSphere, load_digits, sample_sphere, stratified_subset
+
+
+def test_load_digits_split_is_stratified_and_deterministic():
+    d = load_digits(test_size=0.3, seed=0)
+    assert d.x_train.shape == (1257, 64) and d.x_test.shape == (540, 64)
+    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    train_frac = torch.bincount(d.y_train, minlength=10) / len(d.y_train)
+    test_frac = torch.bincount(d.y_test, minlength=10) / len(d.y_test)
+    assert (train_frac - test_frac).abs().max() < 0.01
+    again = load_digits(test_size=0.3, seed=0)
+    assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
+    assert not torch.equal(d.y_train, load_digits(seed=1).y_train)
+
+
+def test_load_digits_normalisations():
+    d = load_digits(normalization="standard", dtype=torch.float64)
+    mean, std = d.x_train.mean(0), d.x_train.std(0, unbiased=False)
+    assert mean.abs().max() < 1e-12
+    assert torch.allclose(std[std > 0], torch.ones_like(std[std > 0]))
+    u = load_digits(normalization="unit")
+    assert u.x_train.min() >= 0 and u.x_train.max() <= 1
+    raw = load_digits(normalization="none")
+    assert raw.x_train.max() == 16
+    assert d.images(d.x_test).shape == (540, 1, 8, 8)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(test_size=1.0), ValueError, "test_size must be in \\(0, 1\\)"),
+    (dict(test_size=0.0), ValueError, "test_size"),
+    (dict(normalization="minmax"), ValueError, "normalization must be one of"),
+    (dict(dtype=torch.int64), TypeError, "dtype must be a floating-point"),
+])
+def test_load_digits_rejects_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        load_digits(**kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=2, max_size=5), frac=st.floats(0.01, 1.0), seed=st.integers(0, 99))
+def test_stratified_subset_is_as_balanced_as_possible(sizes, frac, seed):
+    labels = torch.cat([torch.full((s,), c) for c, s in enumerate(sizes)])
+    n = max(1, round(frac * len(labels)))
+    idx = stratified_subset(labels, n, torch.Generator().manual_seed(seed))
+    assert len(idx) == n and len(set(idx.tolist())) == n
+    counts = torch.bincount(labels[idx], minlength=len(sizes))
+    capacity = torch.tensor(sizes)
+    # Water-filling: a class below its capacity never has fewer than another class's count minus one.
+    open_counts = counts[counts < capacity]
+    if len(open_counts):
+        assert counts.max() - open_counts.min() <= 1
+    assert torch.equal(idx, stratified_subset(labels, n, torch.Generator().manual_seed(seed)))
+
+
+def test_stratified_subset_of_everything_returns_every_index():
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    idx = stratified_subset(labels, 6, torch.Generator().manual_seed(0))
+    assert sorted(idx.tolist()) == list(range(6))
+    assert torch.bincount(labels[stratified_subset(labels, 4, torch.Generator())]).tolist() == [2, 1, 1]
+
+
+def test_stratified_subset_errors():
+    with pytest.raises(ValueError, match="n must be <= the number of examples"):
+        stratified_subset(torch.zeros(3, dtype=torch.long), 4, torch.Generator())
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        stratified_subset(torch.zeros(3, dtype=torch.long), 0, torch.Generator())
+    with pytest.raises(TypeError, match="labels must be a 1-D"):
+        stratified_subset(torch.zeros(3, 2, dtype=torch.long), 1, torch.Generator())
+
+
+def test_sample_sphere_is_on_the_sphere_and_isotropic():
+    x = sample_sphere(20000, 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(x.norm(dim=1), torch.ones(20000, dtype=torch.float64))
+    assert x.mean(0).abs().max() < 0.03  # mean zero within ~4 standard errors (1/sqrt(3 n))
+    assert torch.allclose(x.T @ x / 20000, torch.eye(3, dtype=torch.float64) / 3, atol=0.01)
+    with pytest.raises(ValueError, match="dim must be >= 2"):
+        sample_sphere(3, 1, torch.Generator())
+
+
+def test_gaussian_mixture_is_standardised_and_reproducible():
+    f = GaussianMixtureOnSphere(dim=3, n_modes=8, generator=torch.Generator().manual_seed(0), amplitude=3.0)
+    assert f.width == pytest.approx(8**-0.5)
+    z = f(sample_sphere(20000, 3, torch.Generator().manual_seed(1)))
+    assert z.shape == (20000,) and z.dtype == torch.float64
+    assert abs(float(z.mean())) < 0.1 and float(z.std()) == pytest.approx(3.0, rel=0.05)
+    g = GaussianMixtureOnSphere(dim=3, n_modes=8, generator=torch.Generator().manual_seed(0), amplitude=3.0)
+    x = sample_sphere(5, 3, torch.Generator().manual_seed(2))
+    assert torch.equal(f(x), g(x))
+    with pytest.raises(ValueError, match="shape \\(N, 3\\)"):
+        f(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="width must be a finite number > 0"):
+        GaussianMixtureOnSphere(3, 2, torch.Generator(), width=0.0)
