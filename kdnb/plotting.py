@@ -8,6 +8,7 @@ once, where the prose puts it (the glued copy is kept: MyST-NB reads glue data b
 
 from __future__ import annotations
 
+import io
 from numbers import Real
 
 import matplotlib
@@ -58,11 +59,16 @@ def glue_figure(name: str, fig: "matplotlib.figure.Figure", caption: str) -> Non
         if not ax.get_xlabel() or not ax.get_ylabel():
             raise ValueError(f"figure {name!r}: every axis needs an x and a y label (axis titled {ax.get_title()!r})")
     if _in_notebook():
-        from IPython.display import Markdown, display
+        from IPython.display import Image, Markdown, display
         from myst_nb import glue
 
-        glue(name, fig, display=False)
-        display(fig)
+        # Render the PNG here rather than relying on the kernel's matplotlib backend: with MPLBACKEND=Agg (as in a
+        # test run) IPython has no PNG formatter for figures, and the book would get "<Figure size ...>" as text.
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        image = Image(data=buffer.getvalue(), format="png")
+        glue(name, image, display=False)
+        display(image)
         display(Markdown(f"*Figure `{name}`.* {caption}"))
     plt.close(fig)
 

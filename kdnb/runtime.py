@@ -10,8 +10,10 @@ Conventions
 * **Profile**: ``smoke`` (seconds, for tests), ``default`` (the book on a 2-core laptop CPU) or ``full`` (paper scale, for a
   GPU). An explicit argument wins over ``KDNB_PROFILE``, which wins over ``"default"``.
 * **Threads**: on CPU, torch uses ``KDNB_THREADS`` threads if set, else one. Measured on a 2-core machine
-  (``benchmarks/bench_threads.py``), one thread ran the small MLP and CNN steps of this book 4-20x faster than two; large
-  matrix products are the exception, and a chapter that is dominated by them may ask for more with ``threads=``.
+  (``benchmarks/bench_threads.py``, the book's MLP, CNN and loss steps): with the other core idle, two threads were
+  1.1-1.5x faster than one; with the other core busy (a book build, a test run, a browser), they were 2-3x *slower*,
+  and up to 6x on the smallest ops. One thread is the choice that is never badly wrong. A chapter dominated by large
+  matrix products may ask for more with ``threads=``.
 * **Seeding**: :func:`seed_everything` seeds python, numpy and torch and turns on deterministic algorithms, so the same
   seed and profile give identical numbers on CPU.
 """

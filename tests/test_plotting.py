@@ -1,0 +1,34 @@
+"""Plotting helpers: the style, and the checks in glue_figure and glue_value."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from kdnb.plotting import glue_figure, glue_value, use_style  # noqa: E402
+
+
+def test_use_style_sets_the_book_defaults():
+    use_style()
+    assert matplotlib.rcParams["savefig.bbox"] == "tight"
+
+
+def test_glue_figure_requires_labelled_axes_and_a_caption():
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    with pytest.raises(ValueError, match="every axis needs an x and a y label"):
+        glue_figure("fig-x", fig, "caption")
+    ax.set(xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="caption must be a non-empty string"):
+        glue_figure("fig-x", fig, "  ")
+    glue_figure("fig-x", fig, "A caption.")  # outside a kernel: checks, then closes the figure
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_glue_value_takes_numbers_only():
+    glue_value("n", np.float32(0.5))
+    with pytest.raises(TypeError, match="value must be a number"):
+        glue_value("n", "0.5")
