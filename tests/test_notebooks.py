@@ -57,6 +57,7 @@ def test_structure_parameters_first_and_figure_cells_hidden_in_the_book(path):
 
 
 def execute(path, tmp_path, monkeypatch, **parameters):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("KDNB_CLAIMS_DIR", str(tmp_path / "claims"))
     monkeypatch.delenv("KDNB_PROFILE", raising=False)  # the injected parameter alone must select the profile
     out = tmp_path / path.name
@@ -76,6 +77,12 @@ def test_smoke_profile_runs_with_injected_parameters(path, tmp_path, monkeypatch
     assert "profile smoke" in outputs and "seed 1" in outputs
     saved = json.loads((tmp_path / "claims" / f"{path.stem}.smoke.json").read_text())
     assert saved["profile"] == "smoke" and len(saved["claims"]) >= 1
+
+    # Determinism: the same seed and profile give identical numbers on CPU.
+    execute(path, tmp_path / "again", monkeypatch, profile="smoke", seed=1)
+    again = json.loads((tmp_path / "again" / "claims" / f"{path.stem}.smoke.json").read_text())
+    measured = lambda claims: json.dumps([c["measured"] for c in claims["claims"]])  # noqa: E731 (NaN-safe)
+    assert measured(again) == measured(saved)
 
 
 @pytest.mark.notebooks
