@@ -22,7 +22,6 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .runtime import PROFILES, Chapter, resolve_profile
 
@@ -189,7 +188,3 @@ def load_claims(directory: Path | str | None = None, profile: str = "default") -
         out.extend(Claim(**c) for c in payload["claims"])
     return out
 
-
-def chapters_with_claims(claims: Iterable[Claim]) -> list[str]:
-    """The chapter names, in order of first appearance."""
-    return list(dict.fromkeys(c.chapter for c in claims))
