@@ -3,9 +3,10 @@
 Every algorithm, loss, dataset, model, training loop and claim check used by the book's chapters lives here, with
 tests; the notebooks narrate, call kdnb, plot, and check the papers' claims.
 
-Modules: :mod:`kdnb.runtime` (device, seeds, threads, profiles), :mod:`kdnb.data`, :mod:`kdnb.models`,
-:mod:`kdnb.losses`, :mod:`kdnb.training`, :mod:`kdnb.distill` (the chapter-1 experiments), :mod:`kdnb.claims`,
-:mod:`kdnb.plotting`.
+Modules: :mod:`kdnb.runtime` (device, seeds, threads, allocator, profiles), :mod:`kdnb.data`, :mod:`kdnb.models`,
+:mod:`kdnb.losses`, :mod:`kdnb.training`, :mod:`kdnb.experiments` (sweeps, power-law fits), :mod:`kdnb.distill` (the
+chapter-1 experiments), :mod:`kdnb.ntk` (neural tangent kernels, linearized models, function-space solvers),
+:mod:`kdnb.claims`, :mod:`kdnb.plotting`.
 """
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ __all__ = [
     "Digits",
     "GaussianMixtureOnSphere",
     "load_digits",
+    "points_at_angles",
     "sample_sphere",
     "stratified_subset",
 ]
@@ -130,6 +131,19 @@ def sample_sphere(n: int, dim: int, generator: torch.Generator, dtype: torch.dty
     dim = check_positive_int(dim, "dim", minimum=2)
     g = torch.randn(n, dim, generator=generator, dtype=dtype)
     return g / g.norm(dim=1, keepdim=True)
+
+
+def points_at_angles(angles, dim: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    r"""Unit vectors in R^dim at the given angles (radians) in the plane of the first two basis vectors: rows
+    :math:`(\cos\theta, \sin\theta, 0, \dots)`. For θ in [0, π] that is the angle to :math:`e_1`, so with
+    :math:`x = e_1` they trace a dot-product kernel's profile :math:`\kappa(\cos\theta)`."""
+    dim = check_positive_int(dim, "dim", minimum=2)
+    angles = torch.as_tensor(angles, dtype=dtype).reshape(-1)
+    if not bool(torch.isfinite(angles).all()):
+        raise ValueError("angles must be finite")
+    points = torch.zeros(len(angles), dim, dtype=dtype)
+    points[:, 0], points[:, 1] = torch.cos(angles), torch.sin(angles)
+    return points
 
 
 class GaussianMixtureOnSphere:

@@ -1,15 +1,20 @@
-"""Experiment helpers: run a function over a grid of settings and repeats, collecting a tidy table."""
+"""Experiment helpers: run a function over a grid of settings and repeats, collecting a tidy table; fit power laws;
+measure relative errors."""
 
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from .validation import check_positive_int
 
-__all__ = ["sweep"]
+__all__ = ["PowerLawFit", "power_law_fit", "relative_error", "sweep"]
 
 
 def sweep(
@@ -52,3 +57,48 @@ def sweep(
                 rows.append({**setting, "repeat": r, **measured})
                 bar.update()
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    r"""A least-squares line through (log x, log y): :math:`y \approx e^{\mathrm{intercept}}\, x^{\mathrm{slope}}`."""
+
+    slope: float
+    intercept: float
+    r_squared: float
+
+    def __call__(self, x):
+        """The fitted power law at ``x``."""
+        return np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
+
+
+def power_law_fit(x, y) -> PowerLawFit:
+    r"""Fit :math:`\log y = \mathrm{slope} \cdot \log x + \mathrm{intercept}` by least squares and report the
+    coefficient of determination R² of the fit in log space. Needs at least two distinct, positive x and positive y."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(x > 0) and np.all(y > 0)):
+        raise ValueError("x and y must be finite and > 0 for a log-log fit")
+    if np.unique(x).size < 2:
+        raise ValueError("a power-law fit needs at least two distinct x values")
+    lx, ly = np.log(x), np.log(y)
+    slope, intercept = np.polyfit(lx, ly, 1)
+    residual = ly - (slope * lx + intercept)
+    total = ((ly - ly.mean()) ** 2).sum()
+    r_squared = 1.0 - (residual**2).sum() / total if total > 0 else 1.0
+    return PowerLawFit(float(slope), float(intercept), float(r_squared))
+
+
+def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    r""":math:`\|\mathrm{estimate} - \mathrm{reference}\| / \|\mathrm{reference}\|` (Frobenius norms), in float64."""
+    if not isinstance(estimate, torch.Tensor) or not isinstance(reference, torch.Tensor):
+        raise TypeError("estimate and reference must be torch tensors")
+    if estimate.shape != reference.shape:
+        raise ValueError(f"estimate and reference must have the same shape, got {tuple(estimate.shape)} and "
+                         f"{tuple(reference.shape)}")
+    reference = reference.detach().to(torch.float64)
+    scale = float(reference.norm())
+    if scale == 0 or not math.isfinite(scale):
+        raise ValueError("reference must have a finite, nonzero norm")
+    return float((estimate.detach().to(reference.device, torch.float64) - reference).norm()) / scale

@@ -97,3 +97,17 @@ def test_gaussian_mixture_is_standardised_and_reproducible():
         f(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="width must be a finite number > 0"):
         GaussianMixtureOnSphere(3, 2, torch.Generator(), width=0.0)
+
+
+def test_points_at_angles_are_unit_vectors_at_those_angles():
+    import math
+
+    from kdnb.data import points_at_angles
+
+    angles = torch.tensor([0.0, 0.3, math.pi / 2, math.pi], dtype=torch.float64)
+    points = points_at_angles(angles, 4)
+    assert points.shape == (4, 4)
+    torch.testing.assert_close(points.norm(dim=1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(torch.arccos((points @ points[0]).clamp(-1, 1)), angles, atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match="angles must be finite"):
+        points_at_angles([math.nan], 3)

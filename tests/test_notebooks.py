@@ -86,13 +86,15 @@ def test_smoke_profile_runs_with_injected_parameters(path, tmp_path, monkeypatch
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("parameters, message", [
-    (dict(profile="huge"), r"profile must be one of \('smoke', 'default', 'full'\), got 'huge'"),
-    (dict(profile="smoke", rho=1.5), r"rho must be in \[0, 1\], got 1.5"),
-    (dict(profile="smoke", temperature=-2.0), r"temperature must be a finite number > 0"),
+@pytest.mark.parametrize("chapter, parameters, message", [
+    ("01_distillation_basics", dict(profile="huge"), r"profile must be one of \('smoke', 'default', 'full'\), got 'huge'"),
+    ("01_distillation_basics", dict(profile="smoke", rho=1.5), r"rho must be in \[0, 1\], got 1.5"),
+    ("01_distillation_basics", dict(profile="smoke", temperature=-2.0), r"temperature must be a finite number > 0"),
+    ("02_ntk_linearization", dict(profile="smoke", steps=0), r"steps must be >= 1, got 0"),
+    ("02_ntk_linearization", dict(profile="smoke", t2_scaling="yes"), r"t2_scaling must be True or False"),
 ])
-def test_bad_parameter_fails_the_first_cell_and_names_it(parameters, message, tmp_path, monkeypatch):
-    path = ROOT / "notebooks" / "01_distillation_basics.ipynb"
+def test_bad_parameter_fails_the_first_cell_and_names_it(chapter, parameters, message, tmp_path, monkeypatch):
+    path = ROOT / "notebooks" / f"{chapter}.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as info:
         execute(path, tmp_path, monkeypatch, **parameters)
     assert re.search(message, str(info.value))

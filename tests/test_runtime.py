@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import kdnb
-from kdnb.runtime import environment_report, resolve_profile, select_device, seed_everything, set_threads, start_chapter
+from kdnb.runtime import (configure_allocator, environment_report, resolve_profile, select_device, seed_everything,
+                          set_threads, start_chapter)
 
 
 def test_select_device_prefers_available_and_honours_override(monkeypatch):
@@ -111,3 +112,18 @@ def test_chapter_settings_and_generators(capsys):
 def test_environment_report_is_one_line():
     line = environment_report(torch.device("cpu"), 1, "smoke", 0)
     assert "\n" not in line and "torch" in line and "threads 1" in line
+
+
+def test_configure_allocator(monkeypatch):
+    import platform
+    import sys
+
+    monkeypatch.setenv("KDNB_ALLOCATOR", "system")
+    configure_allocator()  # leaves glibc's defaults (or keeps an earlier setting): must not raise
+    monkeypatch.setenv("KDNB_ALLOCATOR", "jemalloc")
+    with pytest.raises(ValueError, match="KDNB_ALLOCATOR must be 'kdnb' or 'system'"):
+        configure_allocator()
+    with pytest.raises(TypeError, match="enable must be a bool"):
+        configure_allocator(enable="yes")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert configure_allocator(enable=True) is glibc

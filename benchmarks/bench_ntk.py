@@ -1,0 +1,83 @@
+"""The empirical NTK Gram matrix of a one-hidden-layer ReLU network (N = 1024 inputs of dimension 64, width 4096,
+float32), by each method of `kdnb.ntk.empirical_ntk`, against two baselines measured in the same run:
+
+* a naive per-example autograd loop (one backward pass per input, then the Gram matrix of the stacked gradients),
+  which is what a user without kdnb would write;
+* a plain matrix product with the same number of floating-point operations as the closed-form method, which gives
+  the machine's peak for this kind of work.
+
+Prints seconds, GFLOP/s and the ratio to the measured peak. "useful GFLOP/s" divides the closed form's FLOP count (the
+least work that yields this Gram matrix) by each method's time, so all methods are on one scale. Goal: the automatic
+method reaches >= 30% of the peak and >= 20x the naive loop on CPU. Nothing here asserts a time.
+"""
+
+import sys
+
+import torch
+
+from kdnb.models import NTKMLP
+from kdnb.ntk import dense_ntk_flops, empirical_ntk, structured_ntk_supported, time_call
+from kdnb.runtime import configure_allocator, select_device, set_threads
+
+N, DIM, WIDTH = 1024, 64, 4096
+
+
+def naive_per_example_loop(model, x):
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for xi in x:
+        grads = torch.autograd.grad(model(xi[None]).sum(), params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    jacobian = torch.stack(rows)
+    return jacobian @ jacobian.T
+
+
+def main():
+    configure_allocator()
+    device = select_device()
+    threads = set_threads() if device.type == "cpu" else None
+    generator = torch.Generator().manual_seed(0)
+    model = NTKMLP(DIM, [WIDTH], generator=generator).to(device)
+    x = torch.randn(N, DIM, generator=generator).to(device)
+    widths = [DIM, WIDTH, 1]
+    useful = dense_ntk_flops(widths, N, N, "structured")
+    print(f"device {device.type}, threads {threads}, N={N}, d={DIM}, width={WIDTH}, float32, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters; auto -> "
+          f"{'structured' if structured_ntk_supported(model) else 'jacobian'}")
+
+    # Peak: a matrix product (N x k) @ (k x N) with the closed form's FLOP count.
+    k = max(1, round(useful / (2 * N * N)))
+    a = torch.randn(N, k, generator=generator).to(device)
+    b = torch.randn(k, N, generator=generator).to(device)
+    peak_seconds = time_call(lambda: a @ b, repeats=5)
+    peak = 2 * N * N * k / peak_seconds
+
+    reference = empirical_ntk(model, x, method="structured")
+    rows = []
+    for name, function, flops, repeats in [
+        ("auto", lambda: empirical_ntk(model, x), useful, 5),
+        ("structured", lambda: empirical_ntk(model, x, method="structured"), useful, 5),
+        ("jacobian", lambda: empirical_ntk(model, x, method="jacobian"), dense_ntk_flops(widths, N, N, "jacobian"), 1),
+        ("ntk_vp", lambda: empirical_ntk(model, x, method="ntk_vp"), dense_ntk_flops(widths, N, N, "ntk_vp"), 1),
+        ("naive loop", lambda: naive_per_example_loop(model, x), dense_ntk_flops(widths, N, N, "jacobian"), 1),
+    ]:
+        seconds = time_call(function, repeats=repeats, warmup=1 if repeats > 1 else 0)
+        difference = float((function() - reference).abs().max() / reference.abs().max()) if name != "auto" else 0.0
+        rows.append((name, seconds, flops, difference))
+        print(f"  measured {name}: {seconds:.3f} s", flush=True)
+
+    naive_seconds = next(s for n, s, _, _ in rows if n == "naive loop")
+    print(f"\npeak: matrix product of {useful / 1e9:.1f} GFLOP in {peak_seconds:.3f} s = {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'method':12s} {'seconds':>9s} {'own GFLOP':>10s} {'own GFLOP/s':>12s} {'useful GFLOP/s':>15s} "
+          f"{'of peak':>8s} {'vs naive':>9s} {'max rel diff':>13s}")
+    for name, seconds, flops, difference in rows:
+        print(f"{name:12s} {seconds:9.3f} {flops / 1e9:10.1f} {flops / seconds / 1e9:12.1f} "
+              f"{useful / seconds / 1e9:15.1f} {useful / seconds / peak:8.1%} {naive_seconds / seconds:8.1f}x "
+              f"{difference:13.1e}")
+    auto_seconds = rows[0][1]
+    print(f"\ngoal: auto >= 30% of peak (reached {useful / auto_seconds / peak:.0%}) and >= 20x the naive loop "
+          f"(reached {naive_seconds / auto_seconds:.0f}x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
