@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .runtime import float64_device
 from .validation import check_positive_int
 
 __all__ = ["PowerLawFit", "power_law_fit", "relative_error", "sweep"]
@@ -97,7 +98,7 @@ def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     if estimate.shape != reference.shape:
         raise ValueError(f"estimate and reference must have the same shape, got {tuple(estimate.shape)} and "
                          f"{tuple(reference.shape)}")
-    reference = reference.detach().to(torch.float64)
+    reference = reference.detach().to(device=float64_device(reference.device), dtype=torch.float64)
     scale = float(reference.norm())
     if scale == 0 or not math.isfinite(scale):
         raise ValueError("reference must have a finite, nonzero norm")

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .validation import check_choice, check_positive_int
+from .validation import check_choice, check_positive_int, check_variance
 
 __all__ = ["MLP", "AntisymmetricPair", "DigitsCNN", "NTKLinear", "NTKMLP", "count_parameters"]
 
@@ -110,16 +110,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _check_variance(value, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return value
-
-
 class NTKLinear(nn.Module):
     r"""A dense layer in the NTK parameterisation: :math:`y = \frac{\sigma_w}{\sqrt{n_\mathrm{in}}} W x + \sigma_b b`.
 
@@ -136,8 +126,8 @@ class NTKLinear(nn.Module):
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
-        self.weight_variance = _check_variance(weight_variance, "weight_variance", positive=True)
-        self.bias_variance = _check_variance(bias_variance, "bias_variance")
+        self.weight_variance = check_variance(weight_variance, "weight_variance", positive=True)
+        self.bias_variance = check_variance(bias_variance, "bias_variance")
         self.weight_scale = math.sqrt(self.weight_variance / (self.in_features if normalize_input else 1))
         self.bias_scale = math.sqrt(self.bias_variance)
         self.weight = nn.Parameter(torch.randn(out_features, in_features, generator=generator, dtype=dtype))
@@ -195,10 +185,10 @@ class NTKMLP(nn.Module):
             readout_bias_variance = bias_variance
         self.kernel_parameters = dict(
             depth=len(hidden),
-            weight_variance=_check_variance(weight_variance, "weight_variance", positive=True),
-            bias_variance=_check_variance(bias_variance, "bias_variance"),
-            readout_weight_variance=_check_variance(readout_weight_variance, "readout_weight_variance", positive=True),
-            readout_bias_variance=_check_variance(readout_bias_variance, "readout_bias_variance"),
+            weight_variance=check_variance(weight_variance, "weight_variance", positive=True),
+            bias_variance=check_variance(bias_variance, "bias_variance"),
+            readout_weight_variance=check_variance(readout_weight_variance, "readout_weight_variance", positive=True),
+            readout_bias_variance=check_variance(readout_bias_variance, "readout_bias_variance"),
             normalize_input=bool(normalize_input),
         )
         widths = [in_features, *hidden]

@@ -67,7 +67,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from numbers import Real
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -76,8 +75,9 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm import tqdm
 
 from .data import points_at_angles
+from .runtime import float64_device
 from .models import MLP, AntisymmetricPair, NTKLinear, NTKMLP
-from .validation import check_choice, check_positive, check_positive_int
+from .validation import check_choice, check_positive, check_positive_int, check_variance
 
 __all__ = [
     "METHODS",
@@ -154,21 +154,16 @@ def empirical_ntk(
         scales :math:`s_l, t_l`: only matrix products of activations, :math:`O(N^2 O^2 \sum_l n_l)`.
     ``"auto"``
         ``"structured"`` when the model is one of those networks (:func:`structured_ntk_supported`), else
-        ``"jacobian"``, which was the faster general method for every model of this book on CPU (``benchmarks/``).
+        ``"jacobian"``, which was faster than ``"ntk_vp"`` wherever we timed both (``benchmarks/bench_ntk.py``,
+        chapter 2); choose ``"ntk_vp"`` explicitly when the Jacobian does not fit in memory.
 
     ``chunk_size`` is the number of examples per block (rows of ``x1`` and columns of ``x2`` at a time); by default it
     is chosen so that one block's intermediate results stay under 512 MiB. ``progress`` shows a bar over blocks
     (default: when there are more than eight).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice(method, "method", METHODS)
     check_choice(outputs, "outputs", OUTPUT_MODES)
-    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("model has no parameter with requires_grad=True: its NTK is zero")
-    frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
-    frozen.update({name: b for name, b in model.named_buffers()})
+    params, single, batch = _functional_model(model)
     reference = next(iter(params.values()))
     symmetric = x2 is None
     x1 = _check_ntk_inputs(x1, "x1", reference)
@@ -189,12 +184,6 @@ def empirical_ntk(
             f"of Linear/NTKLinear and ReLU, or an AntisymmetricPair of those); got {type(model).__name__}. "
             f"Use method='jacobian' or 'ntk_vp'."
         )
-
-    def single(p, xi):
-        return functional_call(model, (p, frozen), (xi.unsqueeze(0),)).reshape(-1)
-
-    def batch(p, xb):
-        return _per_example_outputs(functional_call(model, (p, frozen), (xb,)), xb.shape[0])
 
     # Memory of one block of c examples: c * per_example + c**2 * per_pair bytes, kept under _BLOCK_BYTES.
     itemsize = reference.element_size()
@@ -242,20 +231,30 @@ def ntk_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     concatenated in the order of ``model.named_parameters()``. :func:`empirical_ntk` is :math:`\phi(x)^\top \phi(x')`
     without forming them; this is for checks in weight space on small models (memory N O P).
     """
+    params, single, _ = _functional_model(model)
+    x = _check_ntk_inputs(x, "x", next(iter(params.values())))
+    features = _jacobian_features(single, params, x)
+    return features[:, 0] if features.shape[1] == 1 else features
+
+
+def _functional_model(model: nn.Module):
+    """The trainable parameters (detached), and the model as pure functions of them: of one example (outputs
+    flattened to (O,)) and of a batch (outputs (n, O)). Frozen parameters and buffers are held fixed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
-        raise ValueError("model has no parameter with requires_grad=True: it has no features")
+        raise ValueError("model has no parameter with requires_grad=True: its NTK and features are zero")
     frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
     frozen.update(dict(model.named_buffers()))
-    x = _check_ntk_inputs(x, "x", next(iter(params.values())))
 
     def single(p, xi):
         return functional_call(model, (p, frozen), (xi.unsqueeze(0),)).reshape(-1)
 
-    features = _jacobian_features(single, params, x)
-    return features[:, 0] if features.shape[1] == 1 else features
+    def batch(p, xb):
+        return _per_example_outputs(functional_call(model, (p, frozen), (xb,)), xb.shape[0])
+
+    return params, single, batch
 
 
 def _check_ntk_inputs(x, name: str, reference: torch.Tensor) -> torch.Tensor:
@@ -367,15 +366,20 @@ class _Dense:
 
 
 def _dense_layers(module: nn.Module) -> list[_Dense] | None:
-    if isinstance(module, (MLP, NTKMLP)):
+    """The layers of a plain fully connected ReLU network, or None if ``module`` is anything else.
+
+    Types are matched exactly (a subclass may override ``forward``), and parametrized layers (whose ``weight`` is
+    computed from other tensors) are refused: for them the closed form would silently give a different kernel.
+    """
+    if type(module) in (MLP, NTKMLP):
         module = module.net  # their forward is net(x), squeezed; the walk below checks the activations are ReLU
-    if not isinstance(module, nn.Sequential):
+    if type(module) is not nn.Sequential:
         return None
     flat: list[nn.Module] = []
 
     def walk(m):
         for child in m:
-            if isinstance(child, nn.Sequential):
+            if type(child) is nn.Sequential:
                 walk(child)
             else:
                 flat.append(child)
@@ -386,14 +390,16 @@ def _dense_layers(module: nn.Module) -> list[_Dense] | None:
     layers = []
     for k, m in enumerate(flat):
         if k % 2 == 1:
-            if not isinstance(m, nn.ReLU):
+            if type(m) is not nn.ReLU:
                 return None
             continue
-        if isinstance(m, NTKLinear):
+        if type(m) is NTKLinear:
             w_scale, b_scale = m.weight_scale, m.bias_scale
-        elif isinstance(m, nn.Linear):
+        elif type(m) is nn.Linear:
             w_scale, b_scale = 1.0, 1.0
         else:
+            return None
+        if nn.utils.parametrize.is_parametrized(m):
             return None
         bias = m.bias
         layers.append(_Dense(m.weight.detach(), None if bias is None else bias.detach(), w_scale, b_scale,
@@ -402,13 +408,31 @@ def _dense_layers(module: nn.Module) -> list[_Dense] | None:
 
 
 def _structured_plan(model: nn.Module):
-    if isinstance(model, AntisymmetricPair):
+    """Branches (coefficient, layers) whose weighted kernels sum to the model's NTK, or None.
+
+    The plan must cover every trainable parameter of the model exactly once; a layer used twice (tied weights) or a
+    parameter outside the layers makes the closed form wrong, so such models get None (and the Jacobian method).
+    """
+    if type(model) is AntisymmetricPair:
         first, second = _structured_plan(model.first), _structured_plan(model.second)
         if first is None or second is None:
             return None
-        return [(0.5 * c, layers) for c, layers in first + second]
-    layers = _dense_layers(model)
-    return None if layers is None else [(1.0, layers)]
+        plan = [(0.5 * c, layers) for c, layers in first + second]
+    else:
+        layers = _dense_layers(model)
+        if layers is None:
+            return None
+        plan = [(1.0, layers)]
+    covered = []
+    for _, layers in plan:
+        for layer in layers:
+            covered += [layer.weight] if layer.train_weight else []
+            covered += [layer.bias] if layer.train_bias else []
+    trainable = [p for p in model.parameters() if p.requires_grad]  # parameters() lists each tensor once
+    covered_ids = [t.untyped_storage().data_ptr() for t in covered]
+    if len(covered_ids) != len(set(covered_ids)) or len(covered) != len(trainable):
+        return None
+    return plan
 
 
 def _structured_features(plan, x):
@@ -490,11 +514,17 @@ def dense_ntk_flops(layer_widths: Sequence[int], n1: int, n2: int, method: str) 
 def time_call(function: Callable[[], object], *, repeats: int = 3, warmup: int = 1) -> float:
     """Best wall-clock time in seconds of ``function()`` over ``repeats`` runs, after ``warmup`` untimed runs.
 
-    The minimum is reported because on a shared machine every disturbance only adds time. CUDA work is synchronised.
+    The minimum is reported because on a shared machine every disturbance only adds time. CUDA and MPS work is
+    synchronised before the clock is read.
     """
     repeats = check_positive_int(repeats, "repeats")
     warmup = check_positive_int(warmup, "warmup", minimum=0)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    def sync():  # GPU work is asynchronous: wait for it before reading the clock
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            torch.mps.synchronize()
+
     for _ in range(warmup):
         function()
     sync()
@@ -519,15 +549,6 @@ class RELUKernels(NamedTuple):
     ntk: torch.Tensor
 
 
-def _check_variance_arg(value, name: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return value
-
-
 def _check_kernel_inputs(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -538,7 +559,7 @@ def _check_kernel_inputs(x, name: str) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
     # float64 throughout; MPS has no float64, so such inputs are computed on the CPU.
-    return x.to(device="cpu" if x.device.type == "mps" else x.device, dtype=torch.float64)
+    return x.to(device=float64_device(x.device), dtype=torch.float64)
 
 
 def relu_kernels(
@@ -556,17 +577,17 @@ def relu_kernels(
 
     The network, the recursion and the table of conventions are in the module docstring (:mod:`kdnb.ntk`); the finite
     network is :class:`kdnb.models.NTKMLP` with the same arguments. ``readout_*`` default to the hidden values.
-    Computed in float64 (returned on the inputs' device). Precision: the first layer's angles are computed from the
+    Computed in float64, on the inputs' device (on the CPU for MPS inputs: MPS has no float64). Precision: the first layer's angles are computed from the
     input vectors and are exact to rounding; deeper layers recover angles from covariances, which for nearly parallel
     pairs of points leaves errors of about 1e-8 relative. With ``x2=None`` the result is exactly symmetric and its
     diagonal exact (the angle of a point with itself is 0, not recovered from rounded products).
     """
     depth = check_positive_int(depth, "depth")
-    sw = _check_variance_arg(weight_variance, "weight_variance", positive=True)
-    sb = _check_variance_arg(bias_variance, "bias_variance", positive=False)
-    sw_out = sw if readout_weight_variance is None else _check_variance_arg(
+    sw = check_variance(weight_variance, "weight_variance", positive=True)
+    sb = check_variance(bias_variance, "bias_variance", positive=False)
+    sw_out = sw if readout_weight_variance is None else check_variance(
         readout_weight_variance, "readout_weight_variance", positive=True)
-    sb_out = sb if readout_bias_variance is None else _check_variance_arg(
+    sb_out = sb if readout_bias_variance is None else check_variance(
         readout_bias_variance, "readout_bias_variance", positive=False)
     symmetric = x2 is None
     x1 = _check_kernel_inputs(x1, "x1")
@@ -646,7 +667,9 @@ def sphere_eigenvalues(
     for uniform measure on the sphere. Eigenvalue :math:`\mu_k` belongs to the :math:`N(d, k)` spherical harmonics of
     degree k. ``kernel(x1, x2)`` is evaluated between a fixed unit vector and unit vectors at the Gauss–Jacobi nodes.
 
-    Returns ``(mu, multiplicity)``, both of length ``max_degree + 1``, float64.
+    Returns ``(mu, multiplicity)``, both of length ``max_degree + 1``, float64. Accuracy: for a smooth profile the
+    quadrature is exact to rounding; the ReLU kernels are not smooth at :math:`t = \pm 1`, and with the default 400
+    nodes their eigenvalues up to degree 20 are accurate to about 5e-5 relative (more nodes, more accuracy).
     """
     from scipy.special import eval_gegenbauer, gammaln, roots_jacobi
 
@@ -743,7 +766,7 @@ def _check_gram(kernel, name: str = "kernel") -> torch.Tensor:
         raise ValueError(f"{name} must be a square (N, N) Gram matrix, got shape {tuple(kernel.shape)}")
     if not kernel.is_floating_point() or not bool(torch.isfinite(kernel).all()):
         raise ValueError(f"{name} must be a floating-point matrix with finite entries")
-    return kernel.to(torch.float64)
+    return kernel.to(device=float64_device(kernel.device), dtype=torch.float64)
 
 
 def _check_targets(targets, n: int, name: str, device) -> torch.Tensor:
@@ -754,6 +777,23 @@ def _check_targets(targets, n: int, name: str, device) -> torch.Tensor:
     if not targets.is_floating_point() or not bool(torch.isfinite(targets).all()):
         raise ValueError(f"{name} must be floating point with finite entries")
     return targets.to(device=device, dtype=torch.float64)
+
+
+def _initial_outputs(f0, like: torch.Tensor, name: str) -> torch.Tensor:
+    """``f0`` checked against outputs ``like``, (N,) or (N, k): same shape, or (N,) shared by the k columns."""
+    f = _check_targets(f0, like.shape[0], name, like.device)
+    if f.shape == like.shape:
+        return f
+    if like.ndim == 2 and f.ndim == 1:
+        return f[:, None]
+    raise ValueError(f"{name} must have shape {tuple(like.shape)} (or ({like.shape[0]},) for several target columns), "
+                     f"got {tuple(f.shape)}")
+
+
+def _residual_targets(targets, f0, n: int, device) -> torch.Tensor:
+    """:math:`r = z - f_0` in float64."""
+    z = _check_targets(targets, n, "targets", device)
+    return z if f0 is None else z - _initial_outputs(f0, z, "f0")
 
 
 def cholesky_with_jitter(kernel: torch.Tensor, jitter: float = DEFAULT_JITTER) -> torch.Tensor:
@@ -805,10 +845,7 @@ class KernelRegression:
             raise ValueError(f"kernel_test_train must have {n} columns (the training points), got "
                              f"{kernel_test_train.shape[1]}")
         out = kernel_test_train.to(self.coefficients.device, torch.float64) @ self.coefficients
-        if f0_test is not None:
-            out = out + _check_targets(f0_test, kernel_test_train.shape[0], "f0_test", out.device).reshape(
-                out.shape[0], *([1] * (out.ndim - 1)))
-        return out
+        return out if f0_test is None else out + _initial_outputs(f0_test, out, "f0_test")
 
 
 def kernel_regression(
@@ -826,11 +863,7 @@ def kernel_regression(
     in the logits whose per-example minimiser is z leads gradient flow from :math:`w_0` to this solution.
     """
     factor = cholesky_with_jitter(kernel, jitter)
-    n = factor.shape[0]
-    z = _check_targets(targets, n, "targets", factor.device)
-    if f0 is not None:
-        f = _check_targets(f0, n, "f0", factor.device)
-        z = z - (f if z.ndim == f.ndim else f.reshape(n, 1))
+    z = _residual_targets(targets, f0, factor.shape[0], factor.device)
     rhs = z if z.ndim == 2 else z[:, None]
     coefficients = torch.cholesky_solve(rhs, factor)
     if z.ndim == 1:
@@ -853,11 +886,7 @@ def weight_change_norm(
     Cholesky factor :math:`L_{:n,:n}`, so :math:`\|\Delta \hat w_n\|^2 = \sum_{i \le n} v_i^2`. Shape (N,) or (N, k).
     """
     factor = cholesky_with_jitter(kernel, jitter)
-    n = factor.shape[0]
-    r = _check_targets(targets, n, "targets", factor.device)
-    if f0 is not None:
-        f = _check_targets(f0, n, "f0", factor.device)
-        r = r - (f if r.ndim == f.ndim else f.reshape(n, 1))
+    r = _residual_targets(targets, f0, factor.shape[0], factor.device)
     rhs = r if r.ndim == 2 else r[:, None]
     v = torch.linalg.solve_triangular(factor, rhs, upper=False)
     squares = v.square().cumsum(0) if prefixes else v.square().sum(0, keepdim=True)
@@ -932,7 +961,7 @@ def function_space_gd(
         if not isinstance(grad, torch.Tensor) or grad.shape != z.shape:
             raise ValueError(f"loss_gradient must return a tensor of shape {tuple(z.shape)} (one derivative per "
                              f"example), got {getattr(grad, 'shape', type(grad).__name__)}")
-        grad = grad.to(torch.float64) * (lr / n)
+        grad = grad.to(device=k.device, dtype=torch.float64) * (lr / n)
         z = z - k @ grad
         if z_test is not None:
             z_test = z_test - k_test @ grad
@@ -976,7 +1005,7 @@ def gradient_descent_path(
         out = predict_logits(model, x)
         if out.ndim != 1:
             raise ValueError(f"gradient_descent_path records scalar logits; the model returned shape {tuple(out.shape)}")
-        return out.to(torch.float64)
+        return out.to(device=float64_device(out.device), dtype=torch.float64)
 
     recorded, train, test = [0], [logits(inputs)], [] if test_inputs is None else [logits(test_inputs)]
     done = 0

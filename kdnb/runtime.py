@@ -44,6 +44,7 @@ __all__ = [
     "Chapter",
     "configure_allocator",
     "environment_report",
+    "float64_device",
     "resolve_profile",
     "select_device",
     "seed_everything",
@@ -84,6 +85,13 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(requested)
 
 
+def float64_device(device: torch.device | str) -> torch.device:
+    """Where float64 work for data on ``device`` runs: the device itself, or the CPU for Apple's MPS, which has no
+    float64. kdnb's kernels and solves are float64 (see :mod:`kdnb.ntk`)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
@@ -113,10 +121,11 @@ def set_threads(threads: int | None = None) -> int:
 
 
 _ALLOCATOR_CONFIGURED = False
-# glibc's mallopt parameters (malloc.h): blocks up to 1 GiB come from the heap, and the heap is trimmed only when 2 GiB
-# are free at its top, so tensors freed by one step are reused by the next without new page faults.
+# glibc's mallopt parameters (malloc.h): blocks up to 32 MiB (the largest mmap threshold every glibc accepts on 64-bit
+# systems) come from the heap, and the heap is trimmed only when 2 GiB are free at its top, so tensors freed by one
+# step are reused by the next without new page faults.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 1 << 30, (1 << 31) - 1
+_MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 32 << 20, (1 << 31) - 1
 
 
 def configure_allocator(enable: bool | None = None) -> bool:
@@ -142,8 +151,9 @@ def configure_allocator(enable: bool | None = None) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The two settings only help together; the trim threshold is set only if the first one was accepted.
         ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and ok
+        ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1
     except (OSError, AttributeError):
         return False
     _ALLOCATOR_CONFIGURED = ok

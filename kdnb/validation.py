@@ -19,6 +19,7 @@ __all__ = [
     "check_positive_int",
     "check_soft_ratio",
     "check_temperature",
+    "check_variance",
 ]
 
 
@@ -54,6 +55,14 @@ def check_positive(value, name: str) -> float:
     x = _as_real(value, name)
     if not (x > 0 and math.isfinite(x)):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return x
+
+
+def check_variance(value, name: str, *, positive: bool = False) -> float:
+    """A variance: a finite number >= 0 (or > 0 with ``positive``), returned as a float."""
+    x = _as_real(value, name)
+    if not math.isfinite(x) or x < 0 or (positive and x == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
     return x
 
 

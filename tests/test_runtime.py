@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import kdnb
-from kdnb.runtime import (configure_allocator, environment_report, resolve_profile, select_device, seed_everything,
-                          set_threads, start_chapter)
+from kdnb.runtime import (configure_allocator, environment_report, float64_device, resolve_profile, select_device,
+                          seed_everything, set_threads, start_chapter)
 
 
 def test_select_device_prefers_available_and_honours_override(monkeypatch):
@@ -127,3 +127,9 @@ def test_configure_allocator(monkeypatch):
         configure_allocator(enable="yes")
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert configure_allocator(enable=True) is glibc
+
+
+def test_float64_work_runs_on_the_cpu_for_mps_only():
+    assert float64_device("mps") == torch.device("cpu")  # MPS has no float64
+    assert float64_device("cpu") == torch.device("cpu")
+    assert float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
