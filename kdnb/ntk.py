@@ -158,8 +158,9 @@ def empirical_ntk(
         chapter 2); choose ``"ntk_vp"`` explicitly when the Jacobian does not fit in memory.
 
     ``chunk_size`` is the number of examples per block (rows of ``x1`` and columns of ``x2`` at a time); by default it
-    is chosen so that one block's intermediate results stay under 512 MiB. ``progress`` shows a bar over blocks
-    (default: when there are more than eight).
+    is chosen so that one block's intermediate results stay under 512 MiB. With several blocks, the column blocks'
+    Jacobians (or activations) are recomputed for each row block: time is traded for bounded memory. ``progress``
+    shows a bar over blocks (default: when there are more than eight).
     """
     check_choice(method, "method", METHODS)
     check_choice(outputs, "outputs", OUTPUT_MODES)

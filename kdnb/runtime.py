@@ -17,8 +17,10 @@ Conventions
 * **Seeding**: :func:`seed_everything` seeds python, numpy and torch and turns on deterministic algorithms, so the same
   seed and profile give identical numbers on CPU.
 * **Memory allocator**: on Linux with glibc, :func:`configure_allocator` keeps freed memory in the process instead of
-  returning every large block to the system, because each fresh block costs page faults: an elementwise op on a 2 MB
-  tensor took 1.5-2 ms with glibc's defaults and 0.23 ms with this setting (``benchmarks/bench_allocator.py``).
+  returning large blocks to the system, because each fresh block costs page faults. Measured with
+  ``benchmarks/bench_allocator.py`` (fresh processes, 3 runs): chapter 2's training step was 1.55-1.85x faster and the
+  closed-form NTK 1.2-1.9x; a relu on a 2 MB tensor was 6-8x faster in two runs and equal in one (glibc adapts its own
+  threshold to earlier frees, so the default is not always slow); chapter 1's small steps were within noise.
   ``KDNB_ALLOCATOR=system`` keeps glibc's defaults. It changes speed and resident memory, never numbers.
 """
 
@@ -121,11 +123,12 @@ def set_threads(threads: int | None = None) -> int:
 
 
 _ALLOCATOR_CONFIGURED = False
-# glibc's mallopt parameters (malloc.h): blocks up to 32 MiB (the largest mmap threshold every glibc accepts on 64-bit
-# systems) come from the heap, and the heap is trimmed only when 2 GiB are free at its top, so tensors freed by one
-# step are reused by the next without new page faults.
+# glibc's mallopt parameters (malloc.h): blocks up to 1 GiB come from the heap, and the heap is trimmed only when 2 GiB
+# are free at its top, so tensors freed by one step are reused by the next without new page faults. Older glibc
+# refuses mmap thresholds above 32 MiB on 64-bit systems; there 32 MiB is used (measured here: with 32 MiB, the
+# NTK-vector-product benchmark, whose intermediates are hundreds of MB, ran 3.7x slower than with 1 GiB).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 32 << 20, (1 << 31) - 1
+_MMAP_THRESHOLD_CHOICES, _TRIM_THRESHOLD_BYTES = (1 << 30, 32 << 20), (1 << 31) - 1
 
 
 def configure_allocator(enable: bool | None = None) -> bool:
@@ -151,8 +154,8 @@ def configure_allocator(enable: bool | None = None) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        # The two settings only help together; the trim threshold is set only if the first one was accepted.
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+        # The two settings only help together; the trim threshold is set only if an mmap threshold was accepted.
+        ok = any(libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1 for threshold in _MMAP_THRESHOLD_CHOICES)
         ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1
     except (OSError, AttributeError):
         return False

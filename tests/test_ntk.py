@@ -87,19 +87,20 @@ def test_methods_agree_on_the_selected_device():
         assert relative_max_error(k, kernels[0]) <= (1e-5 if dtype == torch.float32 else 1e-10)
 
 
+def per_example_gradients(model, x):
+    """The definition, with plain autograd: one backward pass per example and output, shape (N, O, P)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for xi in x:
+        out = model(xi[None]).reshape(-1)
+        rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[o], params,
+                                                                                        retain_graph=True)])
+                                 for o in range(out.numel())]))
+    return torch.stack(rows)
+
+
 def per_example_gradient_gram(model, x1, x2):
-    """The definition, with plain autograd: one backward pass per example, then dot products of the gradients."""
-    def gradients(x):
-        rows = []
-        for xi in x:
-            model.zero_grad()
-            out = model(xi[None]).reshape(-1)
-            rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-                out[o], [p for p in model.parameters() if p.requires_grad], retain_graph=True)])
-                for o in range(out.numel())]))
-        return torch.stack(rows)  # (N, O, P)
-    g1, g2 = gradients(x1), gradients(x2)
-    return torch.einsum("iap,jbp->ijab", g1, g2)
+    return torch.einsum("iap,jbp->ijab", per_example_gradients(model, x1), per_example_gradients(model, x2))
 
 
 @pytest.mark.parametrize("name", ["ntk-mlp-2-bias", "ntk-mlp-3-outputs", "antisymmetric-pair"])
@@ -471,22 +472,13 @@ def test_two_layer_pair_is_a_network_with_duplicated_units():
     torch.testing.assert_close(empirical_ntk(pair, x), empirical_ntk(full, x), rtol=1e-12, atol=1e-12)
 
 
-def explicit_jacobian(model, x):
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for xi in x:
-        grads = torch.autograd.grad(model(xi[None]).sum(), params)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
-
-
 def test_linearized_model_is_the_first_order_taylor_expansion():
     model = NTKMLP(3, [16, 8], bias_variance=0.3, generator=gen(0), dtype=F64)
     lin = LinearizedModel(model)
     x = torch.randn(7, 3, generator=gen(1), dtype=F64)
     f0 = model(x).detach()
     torch.testing.assert_close(lin(x).detach(), f0, rtol=0, atol=1e-14)
-    jacobian = explicit_jacobian(model, x)
+    jacobian = per_example_gradients(model, x)[:, 0]
     step = [0.3 * torch.randn(p.shape, generator=gen(k), dtype=F64) for k, p in enumerate(lin.weights)]
     with torch.no_grad():
         for w, s in zip(lin.weights, step):
