@@ -6,7 +6,8 @@ tests; the notebooks narrate, call kdnb, plot, and check the papers' claims.
 Modules: :mod:`kdnb.runtime` (device, seeds, threads, allocator, profiles), :mod:`kdnb.data`, :mod:`kdnb.models`,
 :mod:`kdnb.losses`, :mod:`kdnb.training`, :mod:`kdnb.experiments` (sweeps, power-law fits), :mod:`kdnb.distill` (the
 chapter-1 experiments), :mod:`kdnb.ntk` (neural tangent kernels, linearized models, function-space solvers),
-:mod:`kdnb.claims`, :mod:`kdnb.plotting`.
+:mod:`kdnb.wide` (distillation into infinitely wide students: effective logits, transfer risk, data inefficiency,
+early-stopped teachers; chapters 3 to 5), :mod:`kdnb.claims`, :mod:`kdnb.plotting`.
 """
 
 __version__ = "0.1.0"

@@ -13,8 +13,9 @@ from numbers import Real
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 
-__all__ = ["PALETTE", "glue_figure", "glue_value", "use_style"]
+__all__ = ["PALETTE", "glue_figure", "glue_value", "log_ticks", "use_style"]
 
 PALETTE = "colorblind"
 
@@ -86,3 +87,20 @@ def glue_value(name: str, value: float) -> None:
         from myst_nb import glue
 
         glue(name, float(value), display=False)
+
+
+def log_ticks(ax: "matplotlib.axes.Axes", ticks, axis: str = "x") -> None:
+    """Put a log-scaled axis's ticks at ``ticks`` (e.g. the sample sizes of a sweep), labelled as plain numbers, with
+    unlabelled minor ticks (matplotlib's default labels minor ticks like 2x10^1, 3x10^1, which collide)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    ticks = list(ticks)
+    if not ticks or any(not isinstance(t, Real) or t <= 0 for t in ticks):
+        raise ValueError("ticks must be a non-empty sequence of positive numbers (the axis is logarithmic)")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    target.set_major_formatter(ScalarFormatter())
+    target.set_minor_formatter(NullFormatter())

@@ -92,6 +92,11 @@ def test_smoke_profile_runs_with_injected_parameters(path, tmp_path, monkeypatch
     ("01_distillation_basics", dict(profile="smoke", temperature=-2.0), r"temperature must be a finite number > 0"),
     ("02_ntk_linearization", dict(profile="smoke", steps=0), r"steps must be >= 1, got 0"),
     ("02_ntk_linearization", dict(profile="smoke", t2_scaling="yes"), r"t2_scaling must be True or False"),
+    ("03_transfer_risk_bound", dict(profile="smoke", rhos=[0.0, 1.0]), r"rhos must be in \(0, 1\]: rho = 0"),
+    ("03_transfer_risk_bound", dict(profile="smoke", rhos=[0.1, 0.5]), r"rhos must contain 1.0"),
+    ("03_transfer_risk_bound", dict(profile="smoke", n_oracle=100), r"n_oracle must be larger than the largest n"),
+    ("04_data_inefficiency", dict(profile="smoke", taus=[30.0, 3.0]), r"taus must be at least two increasing"),
+    ("04_data_inefficiency", dict(profile="smoke", temperature=0), r"temperature must be a finite number > 0"),
 ])
 def test_bad_parameter_fails_the_first_cell_and_names_it(chapter, parameters, message, tmp_path, monkeypatch):
     path = ROOT / "notebooks" / f"{chapter}.ipynb"

@@ -32,3 +32,22 @@ def test_glue_value_takes_numbers_only():
     glue_value("n", np.float32(0.5))
     with pytest.raises(TypeError, match="value must be a number"):
         glue_value("n", "0.5")
+
+
+def test_log_ticks_labels_the_given_values_only():
+    import matplotlib.pyplot as plt
+
+    from kdnb.plotting import log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([16, 512], [1, 2])
+    log_ticks(ax, [16, 64, 256, 512])
+    fig.canvas.draw()
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "64", "256", "512"]
+    assert all(t.get_text() == "" for t in ax.xaxis.get_minorticklabels())
+    with pytest.raises(ValueError, match="positive"):
+        log_ticks(ax, [0, 10])
+    with pytest.raises(ValueError, match="axis"):
+        log_ticks(ax, [10], axis="z")
+    plt.close(fig)
