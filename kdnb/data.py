@@ -17,8 +17,10 @@ import torch
 from .validation import check_choice, check_positive, check_positive_int
 
 __all__ = [
+    "BinaryDigits",
     "Digits",
     "GaussianMixtureOnSphere",
+    "load_binary_digits",
     "load_digits",
     "points_at_angles",
     "sample_sphere",
@@ -92,6 +94,53 @@ def load_digits(
         return torch.as_tensor(a, dtype=dt, device=device)
 
     return Digits(t(x_tr, dtype), t(y_tr, torch.int64), t(x_te, dtype), t(y_te, torch.int64))
+
+
+@dataclass
+class BinaryDigits:
+    """A binary task on scikit-learn's digits: ``y = 1`` for digits below ``threshold``. ``x_*`` are (N, 64) features,
+    ``y_*`` (N,) float labels in {0, 1} (the convention of :func:`kdnb.losses.binary_kd_loss`), ``digit_*`` the
+    original classes."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    digit_train: torch.Tensor
+    digit_test: torch.Tensor
+    threshold: int = 5
+
+
+def load_binary_digits(
+    threshold: int = 5,
+    test_size: float = 0.3,
+    seed: int = 0,
+    normalization: str = "standard",
+    sphere: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> BinaryDigits:
+    """Digits as a binary task, "is the digit below ``threshold``?" (default 5: 0-4 against 5-9, 901 against 896).
+
+    The split is :func:`load_digits`'s, stratified by the ten digits (so both classes, and every digit within them,
+    keep their proportions) and deterministic in ``seed``. With ``sphere=True`` every normalised image is scaled to
+    unit length, the input convention of the analytic kernels of :mod:`kdnb.wide`.
+    """
+    threshold = check_positive_int(threshold, "threshold")
+    if not 1 <= threshold <= 9:
+        raise ValueError(f"threshold must be in [1, 9] (both classes need digits), got {threshold}")
+    digits = load_digits(test_size=test_size, seed=seed, normalization=normalization, device=device, dtype=dtype)
+
+    def prepare(x):
+        if not sphere:
+            return x
+        norm = x.norm(dim=1, keepdim=True)
+        if bool((norm == 0).any()):
+            raise ValueError("an image has zero norm after normalization and cannot be put on the sphere")
+        return x / norm
+
+    return BinaryDigits(prepare(digits.x_train), (digits.y_train < threshold).to(dtype), prepare(digits.x_test),
+                        (digits.y_test < threshold).to(dtype), digits.y_train, digits.y_test, threshold)
 
 
 def stratified_subset(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:

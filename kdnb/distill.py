@@ -1,10 +1,13 @@
 r"""Distillation on real data: train a teacher, distil it into a student, and measure what the soft targets carry.
 
-These are the building blocks of chapter 1 (Hinton, Vinyals & Dean, 2015). A *transfer set* is the set of inputs on
-which the student matches the teacher; hard labels may be known for only part of it (``labelled``).
+These are the building blocks of chapter 1 (Hinton, Vinyals & Dean, 2015) and of chapter 5's digits teacher. A
+*transfer set* is the set of inputs on which the student matches the teacher; hard labels may be known for only part
+of it (``labelled``).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -13,8 +16,10 @@ from .losses import kd_loss_gradient, soften
 from .data import stratified_subset
 from .models import MLP
 from .training import History, cross_entropy_objective, distillation_objective, fit, predict_logits
+from .validation import check_positive_int
 
-__all__ = ["REGIMES", "distill", "mean_soft_targets", "soft_gradient_norm", "train_classifier", "train_student"]
+__all__ = ["REGIMES", "distill", "mean_soft_targets", "soft_gradient_norm", "teacher_snapshots", "train_classifier",
+           "train_student"]
 
 REGIMES = ("scratch", "kd", "transfer")
 
@@ -35,6 +40,37 @@ def train_classifier(
     """Train ``model`` on hard labels with cross-entropy and Adam (a teacher, or a student "from scratch")."""
     return fit(model, cross_entropy_objective(), inputs, [labels], epochs=epochs, generator=generator, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, progress=progress, desc=desc)
+
+
+def teacher_snapshots(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: Sequence[int],
+    evaluate_on: Sequence[torch.Tensor],
+    generator: torch.Generator,
+    lr: float = 0.1,
+    progress: bool = False,
+) -> list[list[torch.Tensor]]:
+    """Train ``model`` by full-batch gradient descent on its labels and record its logits at several epochs.
+
+    This is a teacher stopped early at each of ``epochs`` (increasing), from one training run: plain gradient descent
+    keeps no optimiser state, so training in segments is the same run as training straight through. Returns, for
+    each epoch, the list of ``model``'s logits on each tensor of ``evaluate_on``.
+    """
+    epochs = [check_positive_int(e, "epochs") for e in epochs]
+    if not epochs or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError(f"epochs must be a non-empty increasing sequence, got {epochs}")
+    if isinstance(evaluate_on, torch.Tensor):
+        raise TypeError("evaluate_on must be a list of input tensors, e.g. [x_transfer, x_test]")
+    snapshots, done = [], 0
+    for epoch in epochs:
+        fit(model, cross_entropy_objective(), inputs, [labels], epochs=epoch - done, generator=generator, lr=lr,
+            optimizer="sgd", progress=progress, desc=f"teacher to epoch {epoch}")
+        done = epoch
+        snapshots.append([predict_logits(model, x) for x in evaluate_on])
+    return snapshots
 
 
 def distill(

@@ -57,7 +57,10 @@ def glue_figure(name: str, fig: "matplotlib.figure.Figure", caption: str) -> Non
     for ax in fig.axes:
         if ax.get_label() == "<colorbar>" or not ax.get_visible() or not ax.has_data():
             continue
-        if not ax.get_xlabel() or not ax.get_ylabel():
+        # A twin axis (ax.twinx()) hides its own x axis: only the axes that are drawn need labels.
+        missing_x = ax.xaxis.get_visible() and not ax.get_xlabel()
+        missing_y = ax.yaxis.get_visible() and not ax.get_ylabel()
+        if missing_x or missing_y:
             raise ValueError(f"figure {name!r}: every axis needs an x and a y label (axis titled {ax.get_title()!r})")
     if _in_notebook():
         from IPython.display import Image, Markdown, display

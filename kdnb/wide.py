@@ -71,6 +71,8 @@ from .validation import (
 __all__ = [
     "ARCHITECTURES",
     "EarlyStoppedTeacher",
+    "HardLabelEffect",
+    "ImperfectTeacherRun",
     "NestedKernelRegression",
     "StoppedTeacherNorms",
     "TransferRiskRun",
@@ -80,7 +82,10 @@ __all__ = [
     "effective_logits_hard_derivative",
     "effective_student_logits",
     "flip_signs",
+    "hard_label_effect",
+    "imperfect_teacher_experiment",
     "kernel_diagonal",
+    "kernel_students",
     "sample_initial_function",
     "student_kernel",
     "student_nngp",
@@ -886,3 +891,226 @@ def early_stopped_distillation_norms(
     return StoppedTeacherNorms(taus=tuple(float(t) for t in taus), rhos=tuple(rho_vector.tolist()),
                                norms=norms.reshape(n_points, n_taus, n_rhos).cpu(),
                                teacher_norms=teacher.weight_change_norm(taus).cpu(), teacher_accuracy=accuracy.cpu())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Imperfect teachers (Ji & Zhu 2020, Theorems 2 and 3, Fig. 5)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def kernel_students(
+    kernel: torch.Tensor,
+    kernel_test_train: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    rhos,
+    temperature: float,
+    *,
+    t2_scaling: bool = False,
+    jitter: float = DEFAULT_JITTER,
+) -> torch.Tensor:
+    r"""Test logits of wide students distilled with each soft ratio: kernel regression (from :math:`f_0 \equiv 0`) of
+    the effective logits :math:`z_\mathrm{eff}(z_t, y_g)` on the training points, evaluated at test points.
+
+    ``kernel`` (N, N) and ``kernel_test_train`` (M, N) are the student's NTK; ``teacher_logits`` and ``labels`` are
+    (N,). Returns (M, len(rhos)), or (M,) for a single number ``rhos``.
+    """
+    if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.ndim != 1:
+        raise ValueError("teacher_logits must be a tensor of shape (N,): one logit per training point")
+    targets = effective_student_logits(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
+    solution = NestedKernelRegression(kernel, targets, jitter=jitter)
+    if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2 \
+            or kernel_test_train.shape[1] != solution.size:
+        raise ValueError(f"kernel_test_train must be an (M, {solution.size}) matrix Θ(X_test, X_train)")
+    return solution.predict(solution.size, kernel_test_train)
+
+
+@dataclass(frozen=True)
+class HardLabelEffect:
+    r"""What a little more hard label does to a wide student (Ji & Zhu 2020, Theorem 3), one value per soft ratio.
+
+    ``inner_product``: :math:`\langle\delta\hat w_h, \Delta\hat w_c\rangle`; ``cosine``:
+    :math:`\cos\alpha(\Delta\hat w, \Delta\hat w_g)`, the angle to the ground truth's projection on the training span
+    (:math:`\cos\alpha(\Delta\hat w, \Delta w_g)` is this times the constant :math:`\|\Delta\hat w_g\| / \|\Delta
+    w_g\|`); ``cosine_derivative``: :math:`\partial\cos\alpha / \partial(1-\rho)
+    = \langle\delta\hat w_h, \Delta\hat w_c\rangle / (\|\Delta\hat w\|\,\|\Delta\hat w_g\|)`. Positive: adding hard
+    labels turns the student towards the ground truth."""
+
+    rhos: tuple[float, ...]
+    inner_product: torch.Tensor
+    cosine: torch.Tensor
+    cosine_derivative: torch.Tensor
+
+
+def hard_label_effect(
+    kernel: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    truth_logits: torch.Tensor,
+    rhos,
+    temperature: float,
+    *,
+    t2_scaling: bool = False,
+    jitter: float = DEFAULT_JITTER,
+) -> HardLabelEffect:
+    r"""The sign test of Ji & Zhu's Theorem 3: does more hard label turn the student towards the ground truth?
+
+    With the student's targets :math:`z = z_\mathrm{eff}(z_t, y_g)`, their derivative
+    :math:`\dot z = \partial z / \partial(1-\rho)` (:func:`effective_logits_hard_derivative`) and a ground-truth logit
+    :math:`g` on the same points (``truth_logits``, with sign :math:`g = y_g`; its weight change
+    :math:`\Delta\hat w_g = \Phi K^{-1} g` is the projection of :math:`\Delta w_g` on the training span),
+
+    .. math:: \delta\hat w_h = \Phi K^{-1}\dot z, \qquad
+              \Delta\hat w_c = \Delta\hat w_g - \frac{\langle\Delta\hat w, \Delta\hat w_g\rangle}{\|\Delta\hat w\|^2}
+              \Delta\hat w, \qquad
+              \langle\delta\hat w_h, \Delta\hat w_c\rangle = \dot z^\top K^{-1} g
+              - \frac{z^\top K^{-1} g}{z^\top K^{-1} z}\, \dot z^\top K^{-1} z,
+
+    computed from one Cholesky factorisation (float64, jitter as in :func:`kdnb.ntk.cholesky_with_jitter`). Because
+    :math:`\Delta\hat w_c` is the part of the ground truth orthogonal to the student,
+    :math:`\partial\cos\alpha(\Delta\hat w, \Delta w_g)/\partial(1-\rho) = \langle\delta\hat w_h, \Delta\hat
+    w_c\rangle / (\|\Delta\hat w\|\|\Delta w_g\|)`; the normaliser here is :math:`\|\Delta\hat w_g\|`, the same
+    for every ρ. The paper's exact definition of :math:`\Delta w_g` is a reconstruction; another choice of g changes
+    the value, and only the sign is claimed.
+    """
+    z = effective_student_logits(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
+    dz = effective_logits_hard_derivative(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
+    rho_vector, scalar = _check_rho(rhos)
+    g = check_finite_tensor(truth_logits, "truth_logits").to(torch.float64)
+    if g.shape != teacher_logits.shape or g.ndim != 1:
+        raise ValueError(f"truth_logits must have the shape of teacher_logits {tuple(teacher_logits.shape)} (one "
+                         f"ground-truth logit per training point), got {tuple(g.shape)}")
+    if scalar:
+        z, dz = z[:, None], dz[:, None]
+    factor = cholesky_with_jitter(kernel, jitter)
+    if factor.shape[0] != z.shape[0]:
+        raise ValueError(f"kernel must be ({z.shape[0]}, {z.shape[0]}) to match the teacher logits")
+    if not bool((z != 0).any(0).all()) or not bool((g != 0).any()):
+        raise ValueError("the student's targets and truth_logits must not be all zero (the angle is undefined)")
+    z, dz = z.to(factor.device), dz.to(factor.device)
+    # Whitened vectors: u^T K^{-1} v = (L^{-1} u)^T (L^{-1} v).
+    white = torch.linalg.solve_triangular(factor, torch.cat([z, dz, g.to(factor.device)[:, None]], 1), upper=False)
+    wz, wdz, wg = white[:, :z.shape[1]], white[:, z.shape[1]:2 * z.shape[1]], white[:, -1:]
+    z_norm2, g_norm2 = wz.square().sum(0), wg.square().sum(0)
+    z_dot_g, dz_dot_g, dz_dot_z = (wz * wg).sum(0), (wdz * wg).sum(0), (wdz * wz).sum(0)
+    inner = dz_dot_g - z_dot_g / z_norm2 * dz_dot_z
+    cosine = z_dot_g / (z_norm2.sqrt() * g_norm2.sqrt())
+    derivative = inner / (z_norm2.sqrt() * g_norm2.sqrt())
+
+    def shape(t):
+        return t[0] if scalar else t
+
+    return HardLabelEffect(rhos=tuple(rho_vector.tolist()), inner_product=shape(inner).cpu(),
+                           cosine=shape(cosine).cpu(), cosine_derivative=shape(derivative).cpu())
+
+
+@dataclass(frozen=True)
+class ImperfectTeacherRun:
+    r"""One repeat of :func:`imperfect_teacher_experiment`. Axes are (τ,) or (τ, ρ).
+
+    ``teacher_accuracy`` and ``student_accuracy``: agreement of the sign with the ground truth on the test points;
+    ``inner_product`` and ``cosine_derivative`` (τ, ρ): the :class:`HardLabelEffect` values; ``finite_difference``
+    (τ, len(check_rhos)): central differences of the cosine in :math:`1-\rho`, to compare with ``check_derivative``,
+    the analytic values at the same ρ; ``soft_finite_difference`` (τ,): a one-sided second-order difference at
+    ρ = 1, :math:`[-3c(1) + 4c(1-h) - c(1-2h)]/(2h)`, to compare with ``soft_derivative``, the analytic value there."""
+
+    taus: tuple[float, ...]
+    rhos: tuple[float, ...]
+    teacher_accuracy: torch.Tensor
+    student_accuracy: torch.Tensor
+    inner_product: torch.Tensor
+    cosine_derivative: torch.Tensor
+    check_rhos: tuple[float, ...]
+    check_derivative: torch.Tensor
+    finite_difference: torch.Tensor
+    soft_derivative: torch.Tensor
+    soft_finite_difference: torch.Tensor
+
+
+def imperfect_teacher_experiment(
+    generator: torch.Generator,
+    *,
+    taus: Sequence[float],
+    rhos: Sequence[float],
+    temperature: float,
+    n_teacher: int = 256,
+    n_student: int = 128,
+    n_test: int = 3000,
+    teacher_scale: float = 4.0,
+    dim: int = 3,
+    n_modes: int = 4,
+    mode_width: float | None = 0.5,
+    t2_scaling: bool = False,
+    check_rhos: Sequence[float] = (0.3, 0.6, 0.9),
+    epsilon: float = 1e-4,
+    soft_step: float = 1e-6,
+    architecture: str = "two_layer_bias",
+    device: torch.device | str | None = None,
+) -> ImperfectTeacherRun:
+    r"""Ji & Zhu's Fig. 5 (synthetic): distil teachers of increasing quality with every soft ratio.
+
+    The ground truth is the sign of a Gaussian-mixture function g on :math:`S^{d-1}`. Each teacher is an
+    :class:`EarlyStoppedTeacher` on ``n_teacher`` points of its own (targets ``teacher_scale`` x sign g), stopped at
+    each τ: early teachers are poor, late ones good. Students are wide kernel students on ``n_student`` other points,
+    with the teacher's logits and the true hard labels (:func:`kernel_students`), scored on ``n_test`` test points.
+    :func:`hard_label_effect` is evaluated on the students' points with g as the ground-truth logit, and its
+    derivative is checked against a central difference with step ``epsilon`` at ``check_rhos``, and at ρ = 1 (where
+    the sign test is made) against a one-sided second-order difference with step ``soft_step``. Random draws on the
+    CPU, kernels on ``device`` (default CPU), results on the CPU.
+    """
+    taus = [check_positive(t, "taus") for t in _as_list(taus, "taus")]
+    rho_vector, _ = _check_rho(_as_list(rhos, "rhos"))
+    check_vector, _ = _check_rho(_as_list(check_rhos, "check_rhos"))
+    epsilon = check_positive(epsilon, "epsilon")
+    soft_step = check_positive(soft_step, "soft_step")
+    if soft_step >= 0.25:
+        raise ValueError(f"soft_step must be < 0.25 (ρ = 1 − 2 soft_step must stay in (0, 1)), got {soft_step}")
+    if float(check_vector.max()) + epsilon > 1 or float(check_vector.min()) - epsilon <= 0:
+        raise ValueError(f"check_rhos ± epsilon must stay inside (0, 1], got {check_vector.tolist()} ± {epsilon}")
+    n_teacher = check_positive_int(n_teacher, "n_teacher", minimum=2)
+    n_student = check_positive_int(n_student, "n_student", minimum=2)
+    n_test = check_positive_int(n_test, "n_test")
+    teacher_scale = check_positive(teacher_scale, "teacher_scale")
+
+    truth = GaussianMixtureOnSphere(dim, n_modes, generator, width=mode_width)
+    x_teacher = sample_sphere(n_teacher, dim, generator)
+    x = sample_sphere(n_student, dim, generator)
+    x_test = sample_sphere(n_test, dim, generator)
+    g, g_teacher, g_test = truth(x), truth(x_teacher), truth(x_test)
+    device = float64_device("cpu" if device is None else device)  # MPS has no float64: CPU
+    x, x_teacher, x_test, g, g_teacher, g_test = (t.to(device) for t in (x, x_teacher, x_test, g, g_teacher, g_test))
+    labels, test_labels = (g > 0).to(torch.float64), g_test > 0
+
+    teacher = EarlyStoppedTeacher(student_kernel(x_teacher, architecture=architecture),
+                                  teacher_scale * torch.sign(g_teacher))
+    z_t = teacher.logits(student_kernel(x, x_teacher, architecture=architecture), taus)  # (N, τ)
+    z_t_test = teacher.logits(student_kernel(x_test, x_teacher, architecture=architecture), taus)  # (M, τ)
+    kernel = student_kernel(x, architecture=architecture)
+    kernel_test = student_kernel(x_test, x, architecture=architecture)
+
+    rhos_list, checks = rho_vector.tolist(), check_vector.tolist()
+    # One call per teacher for every ρ needed: the grid, the check points and their ± epsilon, and 1, 1 − h, 1 − 2h.
+    n_r, n_c = len(rhos_list), len(checks)
+    all_rhos = (rhos_list + checks + [r + epsilon for r in checks] + [r - epsilon for r in checks]
+                + [1.0, 1.0 - soft_step, 1.0 - 2 * soft_step])
+    student_accuracy, inner, derivative, check, finite, soft_derivative, soft_finite = [], [], [], [], [], [], []
+    for i in range(len(taus)):
+        logits = kernel_students(kernel, kernel_test, z_t[:, i], labels, rhos_list, temperature,
+                                 t2_scaling=t2_scaling)
+        student_accuracy.append(((logits > 0) == test_labels[:, None]).to(torch.float64).mean(0))
+        effect = hard_label_effect(kernel, z_t[:, i], labels, g, all_rhos, temperature, t2_scaling=t2_scaling)
+        inner.append(effect.inner_product[:n_r])
+        derivative.append(effect.cosine_derivative[:n_r])
+        check.append(effect.cosine_derivative[n_r:n_r + n_c])
+        up, down = effect.cosine[n_r + n_c:n_r + 2 * n_c], effect.cosine[n_r + 2 * n_c:n_r + 3 * n_c]
+        finite.append(-(up - down) / (2 * epsilon))  # ∂/∂(1 − ρ) = −∂/∂ρ
+        at_one, one_step, two_steps = effect.cosine[-3:]
+        soft_derivative.append(effect.cosine_derivative[-3])
+        soft_finite.append((-3 * at_one + 4 * one_step - two_steps) / (2 * soft_step))
+    teacher_accuracy = ((z_t_test > 0) == test_labels[:, None]).to(torch.float64).mean(0)
+    return ImperfectTeacherRun(taus=tuple(taus), rhos=tuple(rhos_list), teacher_accuracy=teacher_accuracy.cpu(),
+                               student_accuracy=torch.stack(student_accuracy).cpu(),
+                               inner_product=torch.stack(inner), cosine_derivative=torch.stack(derivative),
+                               check_rhos=tuple(checks), check_derivative=torch.stack(check),
+                               finite_difference=torch.stack(finite), soft_derivative=torch.stack(soft_derivative),
+                               soft_finite_difference=torch.stack(soft_finite))

@@ -111,3 +111,30 @@ def test_points_at_angles_are_unit_vectors_at_those_angles():
     torch.testing.assert_close(torch.arccos((points @ points[0]).clamp(-1, 1)), angles, atol=1e-7, rtol=0)
     with pytest.raises(ValueError, match="angles must be finite"):
         points_at_angles([math.nan], 3)
+
+
+def test_binary_digits_are_balanced_stratified_and_deterministic():
+    from kdnb.data import load_binary_digits
+
+    first = load_binary_digits(seed=3)
+    assert first.x_train.shape == (1257, 64) and first.x_test.shape == (540, 64)
+    for y in (first.y_train, first.y_test):
+        assert set(y.unique().tolist()) == {0.0, 1.0}
+        assert 0.45 < float(y.mean()) < 0.55  # 0-4 against 5-9: 901 against 896 images
+    assert torch.equal(first.y_train, (first.digit_train < 5).to(first.y_train.dtype))
+    # stratified by the ten digits: each digit's share of the test set matches its share overall, to one image
+    counts_train = torch.bincount(first.digit_train, minlength=10)
+    counts_test = torch.bincount(first.digit_test, minlength=10)
+    expected = (counts_train + counts_test).double() * 540 / 1797
+    assert float((counts_test.double() - expected).abs().max()) <= 1.0
+    again = load_binary_digits(seed=3)
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_test, again.y_test)
+    other = load_binary_digits(seed=4)
+    assert not torch.equal(first.x_train, other.x_train)
+    sphere = load_binary_digits(seed=3, sphere=True, dtype=torch.float64)
+    torch.testing.assert_close(sphere.x_train.norm(dim=1), torch.ones(1257, dtype=torch.float64))
+    torch.testing.assert_close(sphere.x_train * first.x_train.double().norm(dim=1, keepdim=True),
+                               first.x_train.double(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(load_binary_digits(threshold=3, seed=3).y_test, (first.digit_test < 3).float())
+    with pytest.raises(ValueError, match="threshold"):
+        load_binary_digits(threshold=10)

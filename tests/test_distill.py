@@ -70,3 +70,25 @@ def test_mean_soft_targets_rows_are_distributions():
         mean_soft_targets(model, x, y % 2, 2.0, 3)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         mean_soft_targets(model, x, y, 0.0, 3)
+
+
+def test_teacher_snapshots_are_one_gradient_descent_run():
+    from kdnb.distill import teacher_snapshots
+    from kdnb.training import cross_entropy_objective, fit, predict_logits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g)
+    y = (x[:, 0] > 0).float()
+    x_eval = torch.randn(7, 5, generator=g)
+    model = MLP(5, (8,), 1, generator=torch.Generator().manual_seed(1))
+    snaps = teacher_snapshots(model, x, y, epochs=[3, 10], evaluate_on=[x, x_eval], generator=torch.Generator())
+    assert len(snaps) == 2 and [t.shape for t in snaps[1]] == [(40,), (7,)]
+    for epochs, (_, logits) in zip([3, 10], snaps):
+        fresh = MLP(5, (8,), 1, generator=torch.Generator().manual_seed(1))
+        fit(fresh, cross_entropy_objective(), x, [y], epochs=epochs, generator=torch.Generator(), lr=0.1,
+            optimizer="sgd", progress=False)
+        torch.testing.assert_close(logits, predict_logits(fresh, x_eval), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="increasing"):
+        teacher_snapshots(model, x, y, epochs=[5, 5], evaluate_on=[x], generator=g)
+    with pytest.raises(TypeError, match="list of input tensors"):
+        teacher_snapshots(model, x, y, epochs=[1], evaluate_on=x, generator=g)

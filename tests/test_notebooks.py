@@ -97,6 +97,8 @@ def test_smoke_profile_runs_with_injected_parameters(path, tmp_path, monkeypatch
     ("03_transfer_risk_bound", dict(profile="smoke", n_oracle=100), r"n_oracle must be larger than the largest n"),
     ("04_data_inefficiency", dict(profile="smoke", taus=[30.0, 3.0]), r"taus must be at least two increasing"),
     ("04_data_inefficiency", dict(profile="smoke", temperature=0), r"temperature must be a finite number > 0"),
+    ("05_imperfect_teacher", dict(profile="smoke", repeats=0), r"repeats must be >= 1, got 0"),
+    ("05_imperfect_teacher", dict(profile="smoke", t2_scaling=1), r"t2_scaling must be True or False"),
 ])
 def test_bad_parameter_fails_the_first_cell_and_names_it(chapter, parameters, message, tmp_path, monkeypatch):
     path = ROOT / "notebooks" / f"{chapter}.ipynb"

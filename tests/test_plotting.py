@@ -28,6 +28,18 @@ def test_glue_figure_requires_labelled_axes_and_a_caption():
     assert not plt.fignum_exists(fig.number)
 
 
+def test_glue_figure_accepts_a_twin_axis_with_its_own_y_label():
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.set(xlabel="x", ylabel="y")
+    twin = ax.twinx()
+    twin.plot([0, 1], [1, 0])
+    with pytest.raises(ValueError, match="every axis needs"):
+        glue_figure("fig-twin", fig, "A caption.")  # the twin's y axis is drawn and unlabelled
+    twin.set_ylabel("other y")
+    glue_figure("fig-twin", fig, "A caption.")  # its x axis is hidden: no x label needed
+
+
 def test_glue_value_takes_numbers_only():
     glue_value("n", np.float32(0.5))
     with pytest.raises(TypeError, match="value must be a number"):

@@ -25,7 +25,10 @@ from kdnb.wide import (
     effective_logits_hard_derivative,
     effective_student_logits,
     flip_signs,
+    hard_label_effect,
+    imperfect_teacher_experiment,
     kernel_diagonal,
+    kernel_students,
     sample_initial_function,
     student_kernel,
     student_nngp,
@@ -665,3 +668,96 @@ def test_early_stopped_distillation_norms_match_direct_solves():
             direct = NestedKernelRegression(kernel, effective_student_logits(z_t[:, i], labels, rho, 5.0)).norms()
             torch.testing.assert_close(result.norms[:, i, j], direct, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(result.teacher_norms, teacher.weight_change_norm(taus))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Imperfect teachers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_kernel_students_are_kernel_regression_on_effective_logits():
+    x, kernel, _ = problem(n=40)
+    x_test = sample_sphere(12, 3, torch.Generator().manual_seed(3))
+    kernel_test = student_kernel(x_test, x)
+    z_t = 3 * torch.randn(40, generator=torch.Generator().manual_seed(4), dtype=F64)
+    y = (torch.rand(40, generator=torch.Generator().manual_seed(5), dtype=F64) < 0.5).to(F64)
+    out = kernel_students(kernel, kernel_test, z_t, y, [0.2, 1.0], 5.0)
+    for j, rho in enumerate([0.2, 1.0]):
+        direct = kernel_regression(kernel, effective_student_logits(z_t, y, rho, 5.0)).predict(kernel_test)
+        torch.testing.assert_close(out[:, j], direct, rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match=r"kernel_test_train must be an \(M, 40\)"):
+        kernel_students(kernel, kernel_test[:, :5], z_t, y, 0.5, 5.0)
+    with pytest.raises(ValueError, match=r"teacher_logits must be a tensor of shape \(N,\)"):
+        kernel_students(kernel, kernel_test, z_t[:, None], y[:, None], 0.5, 5.0)
+
+
+@pytest.mark.parametrize("t2", [False, True])
+def test_hard_label_effect_matches_weight_space(t2):
+    """⟨δŵ_h, Δŵ_c⟩ from kernels equals the same inner product of explicit weight vectors of a finite network."""
+    from kdnb.models import NTKMLP
+    from kdnb.ntk import ntk_features
+
+    g = torch.Generator().manual_seed(0)
+    x = sample_sphere(24, 3, g)
+    model = NTKMLP(3, [64], generator=g, dtype=F64)
+    phi = ntk_features(model, x).T  # (P, N): P = 64·3 + 64 + 64 + 1 > N, so K is invertible
+    kernel = phi.T @ phi
+    truth = torch.randn(24, generator=g, dtype=F64)
+    labels = (truth > 0).to(F64)
+    z_t = truth + 1.5 * torch.randn(24, generator=g, dtype=F64)  # an imperfect teacher
+    rhos = [0.3, 0.8, 1.0]
+    effect = hard_label_effect(kernel, z_t, labels, truth, rhos, 5.0, t2_scaling=t2)
+    solve = torch.linalg.solve
+    for j, rho in enumerate(rhos):
+        z = effective_student_logits(z_t, labels, rho, 5.0, t2_scaling=t2)
+        dz = effective_logits_hard_derivative(z_t, labels, rho, 5.0, t2_scaling=t2)
+        student, hard, oracle = (phi @ solve(kernel, v) for v in (z, dz, truth))
+        orthogonal = oracle - (student @ oracle) / (student @ student) * student
+        assert float(effect.inner_product[j]) == pytest.approx(float(hard @ orthogonal), rel=1e-6, abs=1e-9)
+        cosine = student @ oracle / (student.norm() * oracle.norm())
+        assert float(effect.cosine[j]) == pytest.approx(float(cosine), rel=1e-6)  # K is ill-conditioned: ~1e-8
+
+
+def test_hard_label_effect_is_the_derivative_of_the_cosine():
+    x, kernel, _ = problem(n=50)
+    gen = torch.Generator().manual_seed(8)
+    truth = torch.randn(50, generator=gen, dtype=F64)
+    labels = (truth > 0).to(F64)
+    z_t = truth + torch.randn(50, generator=gen, dtype=F64)
+    eps = 1e-5
+    for rho in (0.2, 0.5, 0.9):
+        effect = hard_label_effect(kernel, z_t, labels, truth, rho, 5.0)
+        up = hard_label_effect(kernel, z_t, labels, truth, rho + eps, 5.0).cosine
+        down = hard_label_effect(kernel, z_t, labels, truth, rho - eps, 5.0).cosine
+        assert float(effect.cosine_derivative) == pytest.approx(float(-(up - down) / (2 * eps)), rel=1e-5, abs=1e-8)
+    with pytest.raises(ValueError, match="truth_logits must have the shape"):
+        hard_label_effect(kernel, z_t, labels, truth[:10], 0.5, 5.0)
+
+
+def test_imperfect_teacher_experiment():
+    kwargs = dict(taus=[0.3, 1000.0], rhos=[0.1, 0.9, 1.0], temperature=5.0, n_teacher=64, n_student=48,
+                  n_test=300)
+    run = imperfect_teacher_experiment(torch.Generator().manual_seed(0), **kwargs)
+    again = imperfect_teacher_experiment(torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(run.student_accuracy, again.student_accuracy)
+    assert run.student_accuracy.shape == run.inner_product.shape == (2, 3)
+    assert run.teacher_accuracy.shape == (2,) and bool(run.teacher_accuracy[1] > run.teacher_accuracy[0])
+    torch.testing.assert_close(run.check_derivative, run.finite_difference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(run.soft_derivative, run.soft_finite_difference, rtol=1e-3, atol=0)
+    torch.testing.assert_close(run.soft_derivative, run.cosine_derivative[:, -1])  # ρ = 1 is the grid's last
+    with pytest.raises(ValueError, match="check_rhos"):
+        imperfect_teacher_experiment(torch.Generator(), **kwargs, check_rhos=[1.0])
+
+    # recompute the students and the teachers from the same draws
+    g = torch.Generator().manual_seed(0)
+    truth = GaussianMixtureOnSphere(3, 4, g, width=0.5)
+    x_teacher, x, x_test = sample_sphere(64, 3, g), sample_sphere(48, 3, g), sample_sphere(300, 3, g)
+    teacher = EarlyStoppedTeacher(student_kernel(x_teacher), 4 * torch.sign(truth(x_teacher)))
+    z_t = teacher.logits(student_kernel(x, x_teacher), [0.3, 1000.0])
+    z_t_test = teacher.logits(student_kernel(x_test, x_teacher), [0.3, 1000.0])
+    truth_test = truth(x_test) > 0
+    torch.testing.assert_close(run.teacher_accuracy, ((z_t_test > 0) == truth_test[:, None]).to(F64).mean(0))
+    for i in range(2):
+        logits = kernel_students(student_kernel(x), student_kernel(x_test, x), z_t[:, i], (truth(x) > 0).to(F64),
+                                 [0.1, 0.9, 1.0], 5.0)
+        torch.testing.assert_close(run.student_accuracy[i], ((logits > 0) == truth_test[:, None]).to(F64).mean(0))
