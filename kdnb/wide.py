@@ -832,6 +832,22 @@ def target_difficulty_norms(
     return {name: norms[:, j] for j, name in enumerate(columns)}
 
 
+def _teacher_task(generator, *, dim, n_modes, mode_width, n_teacher, teacher_scale, sizes, architecture, device):
+    """The shared setup of Figs. 4 and 5: a ground-truth function g, an :class:`EarlyStoppedTeacher` trained on
+    ``n_teacher`` points of its own with targets ``teacher_scale`` x sign g, and fresh samples of the given ``sizes``
+    with their values of g. Draws, in this order and on the CPU: g, the teacher's points, each sample."""
+    n_teacher = check_positive_int(n_teacher, "n_teacher", minimum=2)
+    teacher_scale = check_positive(teacher_scale, "teacher_scale")
+    truth = GaussianMixtureOnSphere(dim, n_modes, generator, width=mode_width)
+    x_teacher = sample_sphere(n_teacher, dim, generator)
+    samples = [sample_sphere(n, dim, generator) for n in sizes]
+    device = float64_device("cpu" if device is None else device)  # MPS has no float64: CPU
+    targets = (teacher_scale * torch.sign(truth(x_teacher))).to(device)
+    x_teacher = x_teacher.to(device)
+    teacher = EarlyStoppedTeacher(student_kernel(x_teacher, architecture=architecture), targets)
+    return teacher, x_teacher, [(x.to(device), truth(x).to(device)) for x in samples]
+
+
 @dataclass(frozen=True)
 class StoppedTeacherNorms:
     r"""Result of :func:`early_stopped_distillation_norms`: ``norms`` (N, τ, ρ) are the students' prefix norms,
@@ -870,18 +886,12 @@ def early_stopped_distillation_norms(
     logits :math:`z_t` and the true hard labels :math:`y_g`, and regress :math:`z_\mathrm{eff}(z_t, y_g)`.
     """
     n_points = check_positive_int(n_points, "n_points", minimum=2)
-    n_teacher = check_positive_int(n_teacher, "n_teacher", minimum=2)
-    teacher_scale = check_positive(teacher_scale, "teacher_scale")
     rho_vector, _ = _check_rho(_as_list(rhos, "rhos"))
     taus = [check_positive(t, "taus") for t in _as_list(taus, "taus")]
-    truth = GaussianMixtureOnSphere(dim, n_modes, generator, width=mode_width)
-    x_teacher = sample_sphere(n_teacher, dim, generator)
-    x = sample_sphere(n_points, dim, generator)
-    device = float64_device("cpu" if device is None else device)  # MPS has no float64: CPU
-    labels = (truth(x) > 0).to(torch.float64).to(device)
-    teacher_targets = (teacher_scale * torch.sign(truth(x_teacher))).to(device)
-    x, x_teacher = x.to(device), x_teacher.to(device)
-    teacher = EarlyStoppedTeacher(student_kernel(x_teacher, architecture=architecture), teacher_targets)
+    teacher, x_teacher, [(x, g)] = _teacher_task(
+        generator, dim=dim, n_modes=n_modes, mode_width=mode_width, n_teacher=n_teacher, teacher_scale=teacher_scale,
+        sizes=[n_points], architecture=architecture, device=device)
+    labels = (g > 0).to(torch.float64)
     z_t = teacher.logits(student_kernel(x, x_teacher, architecture=architecture), taus)  # (N, τ)
     z = effective_student_logits(z_t, labels[:, None].expand_as(z_t), rho_vector.tolist(), temperature,
                                  t2_scaling=t2_scaling)  # (N, τ, ρ)
@@ -1067,22 +1077,12 @@ def imperfect_teacher_experiment(
         raise ValueError(f"soft_step must be < 0.25 (ρ = 1 − 2 soft_step must stay in (0, 1)), got {soft_step}")
     if float(check_vector.max()) + epsilon > 1 or float(check_vector.min()) - epsilon <= 0:
         raise ValueError(f"check_rhos ± epsilon must stay inside (0, 1], got {check_vector.tolist()} ± {epsilon}")
-    n_teacher = check_positive_int(n_teacher, "n_teacher", minimum=2)
     n_student = check_positive_int(n_student, "n_student", minimum=2)
     n_test = check_positive_int(n_test, "n_test")
-    teacher_scale = check_positive(teacher_scale, "teacher_scale")
-
-    truth = GaussianMixtureOnSphere(dim, n_modes, generator, width=mode_width)
-    x_teacher = sample_sphere(n_teacher, dim, generator)
-    x = sample_sphere(n_student, dim, generator)
-    x_test = sample_sphere(n_test, dim, generator)
-    g, g_teacher, g_test = truth(x), truth(x_teacher), truth(x_test)
-    device = float64_device("cpu" if device is None else device)  # MPS has no float64: CPU
-    x, x_teacher, x_test, g, g_teacher, g_test = (t.to(device) for t in (x, x_teacher, x_test, g, g_teacher, g_test))
+    teacher, x_teacher, [(x, g), (x_test, g_test)] = _teacher_task(
+        generator, dim=dim, n_modes=n_modes, mode_width=mode_width, n_teacher=n_teacher, teacher_scale=teacher_scale,
+        sizes=[n_student, n_test], architecture=architecture, device=device)
     labels, test_labels = (g > 0).to(torch.float64), g_test > 0
-
-    teacher = EarlyStoppedTeacher(student_kernel(x_teacher, architecture=architecture),
-                                  teacher_scale * torch.sign(g_teacher))
     z_t = teacher.logits(student_kernel(x, x_teacher, architecture=architecture), taus)  # (N, τ)
     z_t_test = teacher.logits(student_kernel(x_test, x_teacher, architecture=architecture), taus)  # (M, τ)
     kernel = student_kernel(x, architecture=architecture)
