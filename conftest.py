@@ -11,6 +11,6 @@ os.environ.setdefault("KDNB_PROFILE", "smoke")
 os.environ.setdefault("KDNB_CLAIMS_DIR", tempfile.mkdtemp(prefix="kdnb-test-claims-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from kdnb.runtime import configure_allocator  # noqa: E402  (the setting of every chapter; see kdnb.runtime)
+from kdnb.core.runtime import configure_allocator  # noqa: E402  (the setting of every chapter; see kdnb.core.runtime)
 
 configure_allocator()

@@ -1,4 +1,4 @@
-"""Why kdnb keeps freed memory in the process (`kdnb.runtime.configure_allocator`): time typical steps of the book in
+"""Why kdnb keeps freed memory in the process (`kdnb.core.runtime.configure_allocator`): time typical steps of the book in
 fresh processes with glibc's default allocator settings (KDNB_ALLOCATOR=system) and with kdnb's.
 
 With the defaults, glibc returns every large freed block to the system, so each new tensor of a few MB is page-faulted
@@ -15,11 +15,12 @@ CASES = ["relu of a 2 MB float64 tensor", "chapter 2 student step (width 4096, 1
 
 WORKER = r"""
 import json, torch
-from kdnb.runtime import configure_allocator, set_threads
+from kdnb.core.runtime import configure_allocator, set_threads
 configure_allocator(); set_threads()
-from kdnb.models import MLP, NTKMLP, AntisymmetricPair
-from kdnb.ntk import empirical_ntk, time_call
-from kdnb.training import distillation_objective
+from kdnb.core.models import MLP, NTKMLP, AntisymmetricPair
+from kdnb.kernels.empirical import empirical_ntk
+from kdnb.core.timing import time_call
+from kdnb.core.training import distillation_objective
 g = torch.Generator().manual_seed(0)
 
 def per_step(function, steps):

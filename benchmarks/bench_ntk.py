@@ -1,5 +1,5 @@
 """The empirical NTK Gram matrix of a one-hidden-layer ReLU network (N = 1024 inputs of dimension 64, width 4096,
-float32), by each method of `kdnb.ntk.empirical_ntk`, against two baselines measured in the same run:
+float32), by each method of `kdnb.kernels.empirical.empirical_ntk`, against two baselines measured in the same run:
 
 * a naive per-example autograd loop (one backward pass per input, then the Gram matrix of the stacked gradients),
   which is what a user without kdnb would write;
@@ -15,9 +15,10 @@ import sys
 
 import torch
 
-from kdnb.models import NTKMLP
-from kdnb.ntk import dense_ntk_flops, empirical_ntk, structured_ntk_supported, time_call
-from kdnb.runtime import configure_allocator, select_device, set_threads
+from kdnb.core.models import NTKMLP
+from kdnb.kernels.empirical import dense_ntk_flops, empirical_ntk, structured_ntk_supported
+from kdnb.core.timing import time_call
+from kdnb.core.runtime import configure_allocator, select_device, set_threads
 
 N, DIM, WIDTH = 1024, 64, 4096
 

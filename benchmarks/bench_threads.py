@@ -18,8 +18,8 @@ CASES = ["student MLP 64-16-10, 1257 rows", "teacher MLP 64-256-256-10, batch 12
 WORKER = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
-from kdnb.models import MLP, DigitsCNN
-from kdnb.losses import kd_loss
+from kdnb.core.models import MLP, DigitsCNN
+from kdnb.core.losses import kd_loss
 g = torch.Generator().manual_seed(0)
 x, y = torch.randn(1257, 64, generator=g), torch.randint(0, 10, (1257,), generator=g)
 zt = torch.randn(1257, 10, generator=g)

@@ -1,4 +1,4 @@
-"""The two inner loops of chapters 3 to 5 (`kdnb.wide`), each against a baseline measured in the same run:
+"""The two inner loops of chapters 3 to 5 (`kdnb.papers.wide_network_kd`), each against a baseline measured in the same run:
 
 * every prefix norm of kernel regression, :math:`\\|\\Delta\\hat w_n\\|` for n = 1..N (N = 1024, 4 right-hand sides),
   from one Cholesky factorisation (`NestedKernelRegression`) against one `kernel_regression` solve per n, done for
@@ -16,10 +16,12 @@ import math
 import torch
 from scipy.optimize import brentq
 
-from kdnb.data import sample_sphere
-from kdnb.ntk import kernel_regression, time_call
-from kdnb.runtime import set_threads
-from kdnb.wide import NestedKernelRegression, effective_student_logits, student_kernel
+from kdnb.core.data import sample_sphere
+from kdnb.kernels.regression import kernel_regression
+from kdnb.core.timing import time_call
+from kdnb.core.runtime import set_threads
+from kdnb.kernels.regression import NestedKernelRegression
+from kdnb.papers.wide_network_kd import effective_student_logits, student_kernel
 
 N, COLUMNS, STRIDE = 1024, 4, 8
 RHOS, TEMPERATURE = [0.1, 0.5, 0.9, 1.0], 5.0

@@ -3,7 +3,7 @@
 **Scorecard.** The ``kdnb-scorecard`` directive is a table of every chapter's claims.
 
 Chapters are executed while Sphinx *reads* the sources, and each writes its claims to the claims directory
-(:mod:`kdnb.claims`). The table must therefore be filled after every chapter has been read, so the directive leaves a
+(:mod:`kdnb.core.claims`). The table must therefore be filled after every chapter has been read, so the directive leaves a
 placeholder that is replaced in ``doctree-resolved`` (the write phase), and the scorecard page is re-read on every
 build so that it is also re-written. A chapter in the table of contents with no saved claims is a build warning
 (an error under ``-W``).
@@ -50,8 +50,8 @@ def _fill(app, doctree, docname):
     placeholders = list(doctree.findall(scorecard_placeholder))
     if not placeholders:
         return
-    from kdnb.claims import claims_directory, load_claims
-    from kdnb.runtime import resolve_profile
+    from kdnb.core.claims import claims_directory, load_claims
+    from kdnb.core.runtime import resolve_profile
 
     profile = resolve_profile(None)
     folder = claims_directory(app.srcdir)

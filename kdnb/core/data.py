@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .validation import check_choice, check_positive, check_positive_int
+from .validation import check_choice, check_finite_tensor, check_in_unit_interval, check_positive, check_positive_int
 
 __all__ = [
     "BinaryDigits",
     "Digits",
     "GaussianMixtureOnSphere",
+    "flip_signs",
     "load_binary_digits",
     "load_digits",
     "points_at_angles",
@@ -99,7 +100,7 @@ def load_digits(
 @dataclass
 class BinaryDigits:
     """A binary task on scikit-learn's digits: ``y = 1`` for digits below ``threshold``. ``x_*`` are (N, 64) features,
-    ``y_*`` (N,) float labels in {0, 1} (the convention of :func:`kdnb.losses.binary_kd_loss`), ``digit_*`` the
+    ``y_*`` (N,) float labels in {0, 1} (the convention of :func:`kdnb.core.losses.binary_kd_loss`), ``digit_*`` the
     original classes."""
 
     x_train: torch.Tensor
@@ -124,7 +125,7 @@ def load_binary_digits(
 
     The split is :func:`load_digits`'s, stratified by the ten digits (so both classes, and every digit within them,
     keep their proportions) and deterministic in ``seed``. With ``sphere=True`` every normalised image is scaled to
-    unit length, the input convention of the analytic kernels of :mod:`kdnb.wide`.
+    unit length, the input convention of the analytic kernels of :mod:`kdnb.papers.wide_network_kd`.
     """
     threshold = check_positive_int(threshold, "threshold")
     if not 1 <= threshold <= 9:
@@ -240,3 +241,12 @@ class GaussianMixtureOnSphere:
     def __repr__(self) -> str:
         return (f"GaussianMixtureOnSphere(dim={self.dim}, n_modes={self.n_modes}, width={self.width:.3g}, "
                 f"amplitude={self.amplitude})")
+
+
+def flip_signs(values: torch.Tensor, p_flip: float, generator: torch.Generator) -> torch.Tensor:
+    """``values`` with each sign flipped independently with probability ``p_flip`` in [0, 1] (binary label noise on
+    logits or ±1 labels; ``p_flip = 0.5`` makes the signs random)."""
+    values = check_finite_tensor(values, "values")
+    p_flip = check_in_unit_interval(p_flip, "p_flip")
+    flips = torch.rand(values.shape, generator=generator, dtype=torch.float64).to(values.device) < p_flip
+    return torch.where(flips, -values, values)

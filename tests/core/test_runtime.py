@@ -7,8 +7,16 @@ import pytest
 import torch
 
 import kdnb
-from kdnb.runtime import (configure_allocator, environment_report, float64_device, resolve_profile, select_device,
-                          seed_everything, set_threads, start_chapter)
+from kdnb.core.runtime import (
+    configure_allocator,
+    environment_report,
+    float64_device,
+    resolve_profile,
+    seed_everything,
+    select_device,
+    set_threads,
+    start_chapter,
+)
 
 
 def test_select_device_prefers_available_and_honours_override(monkeypatch):

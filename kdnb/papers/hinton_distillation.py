@@ -1,106 +1,27 @@
-r"""Distillation on real data: train a teacher, distil it into a student, and measure what the soft targets carry.
+r"""Distilling the knowledge in a neural network: the experiments of chapter 1.
 
-These are the building blocks of chapter 1 (Hinton, Vinyals & Dean, 2015) and of chapter 5's digits teacher. A
-*transfer set* is the set of inputs on which the student matches the teacher; hard labels may be known for only part
+Geoffrey Hinton, Oriol Vinyals and Jeff Dean. *Distilling the Knowledge in a Neural Network.* NIPS 2014 Deep
+Learning Workshop, 2015. arXiv:1503.02531.
+
+Students trained from scratch, by distillation, or by distillation on an unlabelled transfer set, and what the soft
+targets carry (class similarities, the size of their gradient with and without the :math:`T^2` factor). The loss and
+the training loop are in :mod:`kdnb.core`. A *transfer set* is the set of inputs on which the student matches the teacher; hard labels may be known for only part
 of it (``labelled``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
-from .losses import kd_loss_gradient, soften
-from .data import stratified_subset
-from .models import MLP
-from .training import History, cross_entropy_objective, distillation_objective, fit, predict_logits
-from .validation import check_positive_int
+from ..core.data import stratified_subset
+from ..core.losses import kd_loss_gradient, soften
+from ..core.models import MLP
+from ..core.training import distill, predict_logits, train_classifier
 
-__all__ = ["REGIMES", "distill", "mean_soft_targets", "soft_gradient_norm", "teacher_snapshots", "train_classifier",
-           "train_student"]
+__all__ = ["REGIMES", "mean_soft_targets", "soft_gradient_norm", "train_student"]
 
 REGIMES = ("scratch", "kd", "transfer")
-
-
-def train_classifier(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    generator: torch.Generator,
-    lr: float = 1e-3,
-    batch_size: int | None = None,
-    weight_decay: float = 0.0,
-    progress: bool = True,
-    desc: str = "teacher",
-) -> History:
-    """Train ``model`` on hard labels with cross-entropy and Adam (a teacher, or a student "from scratch")."""
-    return fit(model, cross_entropy_objective(), inputs, [labels], epochs=epochs, generator=generator, lr=lr,
-               batch_size=batch_size, weight_decay=weight_decay, progress=progress, desc=desc)
-
-
-def teacher_snapshots(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: Sequence[int],
-    evaluate_on: Sequence[torch.Tensor],
-    generator: torch.Generator,
-    lr: float = 0.1,
-    progress: bool = False,
-) -> list[list[torch.Tensor]]:
-    """Train ``model`` by full-batch gradient descent on its labels and record its logits at several epochs.
-
-    This is a teacher stopped early at each of ``epochs`` (increasing), from one training run: plain gradient descent
-    keeps no optimiser state, so training in segments is the same run as training straight through. Returns, for
-    each epoch, the list of ``model``'s logits on each tensor of ``evaluate_on``.
-    """
-    epochs = [check_positive_int(e, "epochs") for e in epochs]
-    if not epochs or any(b <= a for a, b in zip(epochs, epochs[1:])):
-        raise ValueError(f"epochs must be a non-empty increasing sequence, got {epochs}")
-    if isinstance(evaluate_on, torch.Tensor):
-        raise TypeError("evaluate_on must be a list of input tensors, e.g. [x_transfer, x_test]")
-    snapshots, done = [], 0
-    for epoch in epochs:
-        fit(model, cross_entropy_objective(), inputs, [labels], epochs=epoch - done, generator=generator, lr=lr,
-            optimizer="sgd", progress=progress, desc=f"teacher to epoch {epoch}")
-        done = epoch
-        snapshots.append([predict_logits(model, x) for x in evaluate_on])
-    return snapshots
-
-
-def distill(
-    student: nn.Module,
-    inputs: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    *,
-    rho: float,
-    temperature: float,
-    epochs: int,
-    generator: torch.Generator,
-    t2_scaling: bool = True,
-    labelled: torch.Tensor | None = None,
-    lr: float = 1e-3,
-    batch_size: int | None = None,
-    progress: bool = False,
-    desc: str = "student",
-) -> History:
-    r"""Train ``student`` on the transfer set ``inputs`` with the KD loss of :func:`kdnb.losses.kd_loss`.
-
-    ``teacher_logits`` are precomputed (the teacher is fixed). ``labels`` and the optional ``labelled`` mask give the
-    hard-label term, weighted :math:`1-\rho`; with ``rho=1`` no labels are needed.
-    """
-    if teacher_logits.shape[0] != inputs.shape[0]:
-        raise ValueError("teacher_logits must have one row per input of the transfer set")
-    objective = distillation_objective(rho, temperature, t2_scaling=t2_scaling, binary=teacher_logits.ndim == 1)
-    targets = [teacher_logits, labels, labelled]
-    return fit(student, objective, inputs, targets, epochs=epochs, generator=generator, lr=lr,
-               batch_size=batch_size, progress=progress, desc=desc)
 
 
 def soft_gradient_norm(

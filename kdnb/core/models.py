@@ -2,7 +2,7 @@ r"""Models: a fully connected MLP and a small CNN for 8x8 digits, and the wide n
 
 :class:`MLP` and :class:`DigitsCNN` use PyTorch's default (Kaiming-uniform) initialisation in the *standard*
 parameterisation. :class:`NTKMLP` is a ReLU network in the *NTK* parameterisation (Jacot et al. 2018), whose
-infinite-width kernels are :func:`kdnb.ntk.relu_ntk` and :func:`kdnb.ntk.relu_nngp`; :class:`AntisymmetricPair` is the
+infinite-width kernels are :func:`kdnb.kernels.analytic.relu_ntk` and :func:`kdnb.kernels.analytic.relu_nngp`; :class:`AntisymmetricPair` is the
 "doubling" construction that makes a network's initial output exactly zero. Every model draws its initial weights from
 an explicit ``generator`` when one is given, so that a model's weights depend on its seed only.
 """
@@ -42,7 +42,7 @@ class MLP(nn.Module):
     """``in_features -> hidden[0] -> ... -> hidden[-1] -> out_features`` with an activation between linear layers.
 
     ``out_features=1`` gives one logit per example, returned with shape (N,) (the binary convention of
-    :func:`kdnb.losses.binary_kd_loss`); otherwise logits have shape (N, out_features).
+    :func:`kdnb.core.losses.binary_kd_loss`); otherwise logits have shape (N, out_features).
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class NTKLinear(nn.Module):
 
 
 class NTKMLP(nn.Module):
-    r"""A fully connected ReLU network in the NTK parameterisation, the finite-width model of :func:`kdnb.ntk.relu_ntk`.
+    r"""A fully connected ReLU network in the NTK parameterisation, the finite-width model of :func:`kdnb.kernels.analytic.relu_ntk`.
 
     .. math:: h_0 = x, \quad h_l = \mathrm{relu}\Big(\frac{\sigma_w}{\sqrt{n_{l-1}}} W_l h_{l-1} + \sigma_b b_l\Big)
               \ (l = 1..L), \qquad f(x) = \frac{\sigma_{w,\mathrm{out}}}{\sqrt{n_L}} W_{L+1} h_L
@@ -155,7 +155,7 @@ class NTKMLP(nn.Module):
     with every entry of every :math:`W_l, b_l` drawn from N(0, 1), and :math:`n_0` replaced by 1 in the first layer
     when ``normalize_input=False``. As the hidden widths grow, the empirical NTK of this network at initialisation
     converges to ``relu_ntk(x1, x2, **model.kernel_parameters)`` and the covariance of its initial output to
-    ``relu_nngp`` (see :mod:`kdnb.ntk` for the conventions). ``out_features=1`` gives (N,) logits.
+    ``relu_nngp`` (see :mod:`kdnb.kernels` for the conventions). ``out_features=1`` gives (N,) logits.
 
     Parameters
     ----------

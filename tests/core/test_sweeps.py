@@ -1,4 +1,4 @@
-"""Power-law fits and relative errors (kdnb.experiments; the sweep helper is tested with the training loop)."""
+"""Power-law fits and relative errors (kdnb.core.sweeps; the sweep helper is tested with the training loop)."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdnb.experiments import power_law_fit, relative_error
+from kdnb.core.sweeps import power_law_fit, relative_error, sweep
 
 
 @settings(max_examples=40, deadline=None)
@@ -45,3 +45,17 @@ def test_relative_error():
         relative_error(reference[0], reference)
     with pytest.raises(TypeError, match="torch tensors"):
         relative_error(reference.numpy(), reference)
+
+
+def test_sweep_builds_a_tidy_table_in_grid_order():
+    table = sweep(lambda a, b, repeat: {"value": 10 * a + b + 100 * repeat}, {"a": [1, 2], "b": [3, 4]}, repeats=2,
+                  progress=False)
+    assert list(table.columns) == ["a", "b", "repeat", "value"] and len(table) == 8
+    assert table["value"].tolist() == [13, 113, 14, 114, 23, 123, 24, 124]
+    with pytest.raises(ValueError, match="grid\\['a'\\] must be a non-empty sequence"):
+        sweep(lambda a, repeat: {}, {"a": []})
+    with pytest.raises(ValueError, match="'repeat' is reserved"):
+        sweep(lambda repeat: {}, {"repeat": [1]})
+    with pytest.raises(TypeError, match="must return a mapping"):
+        sweep(lambda a, repeat: 1.0, {"a": [1]}, progress=False)
+

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kdnb.claims import ClaimError, ClaimSet, claims_directory, load_claims
+from kdnb.core.claims import ClaimError, ClaimSet, claims_directory, load_claims
 
 
 def test_numeric_and_boolean_claims(tmp_path):

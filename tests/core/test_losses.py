@@ -8,8 +8,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdnb.losses import binary_kd_loss, binary_kd_loss_gradient, kd_loss, kd_loss_gradient, soften
-
+from kdnb.core.losses import (
+    binary_kd_loss,
+    binary_kd_loss_gradient,
+    kd_loss,
+    kd_loss_gradient,
+    soften,
+)
 
 
 @pytest.fixture(autouse=True)

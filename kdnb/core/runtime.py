@@ -89,7 +89,7 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
 def float64_device(device: torch.device | str) -> torch.device:
     """Where float64 work for data on ``device`` runs: the device itself, or the CPU for Apple's MPS, which has no
-    float64. kdnb's kernels and solves are float64 (see :mod:`kdnb.ntk`)."""
+    float64. kdnb's kernels and solves are float64 (see :mod:`kdnb.kernels`)."""
     device = torch.device(device)
     return torch.device("cpu") if device.type == "mps" else device
 
@@ -216,7 +216,7 @@ def resolve_profile(profile: str | None = None) -> str:
 
 def environment_report(device: torch.device, threads: int, profile: str, seed: int) -> str:
     """One line with the versions, device, thread count, profile and seed."""
-    from . import __version__
+    from .. import __version__
 
     dev = device.type
     if device.type == "cuda":

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kdnb.plotting import glue_figure, glue_value, use_style  # noqa: E402
+from kdnb.core.plotting import glue_figure, glue_value, use_style  # noqa: E402
 
 
 def test_use_style_sets_the_book_defaults():
@@ -49,7 +49,7 @@ def test_glue_value_takes_numbers_only():
 def test_log_ticks_labels_the_given_values_only():
     import matplotlib.pyplot as plt
 
-    from kdnb.plotting import log_ticks
+    from kdnb.core.plotting import log_ticks
 
     fig, ax = plt.subplots()
     ax.plot([16, 512], [1, 2])

@@ -1,11 +1,21 @@
 """Digits loading and splits, stratified subsets, and the synthetic functions on the sphere."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdnb.data import GaussianMixtureOnSphere, load_digits, sample_sphere, stratified_subset
+from kdnb.core.data import (
+    GaussianMixtureOnSphere,
+    flip_signs,
+    load_digits,
+    sample_sphere,
+    stratified_subset,
+)
+
+F64 = torch.float64
 
 
 def test_load_digits_split_is_stratified_and_deterministic():
@@ -100,9 +110,8 @@ def test_gaussian_mixture_is_standardised_and_reproducible():
 
 
 def test_points_at_angles_are_unit_vectors_at_those_angles():
-    import math
 
-    from kdnb.data import points_at_angles
+    from kdnb.core.data import points_at_angles
 
     angles = torch.tensor([0.0, 0.3, math.pi / 2, math.pi], dtype=torch.float64)
     points = points_at_angles(angles, 4)
@@ -114,7 +123,7 @@ def test_points_at_angles_are_unit_vectors_at_those_angles():
 
 
 def test_binary_digits_are_balanced_stratified_and_deterministic():
-    from kdnb.data import load_binary_digits
+    from kdnb.core.data import load_binary_digits
 
     first = load_binary_digits(seed=3)
     assert first.x_train.shape == (1257, 64) and first.x_test.shape == (540, 64)
@@ -138,3 +147,16 @@ def test_binary_digits_are_balanced_stratified_and_deterministic():
     assert torch.equal(load_binary_digits(threshold=3, seed=3).y_test, (first.digit_test < 3).float())
     with pytest.raises(ValueError, match="threshold"):
         load_binary_digits(threshold=10)
+
+
+def test_flip_signs():
+    values = torch.linspace(0.1, 1, 10000, dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(flip_signs(values, 0.0, g), values)
+    assert torch.equal(flip_signs(values, 1.0, g), -values)
+    flipped = flip_signs(values, 0.2, g)
+    assert torch.equal(flipped.abs(), values)
+    assert float((flipped < 0).to(F64).mean()) == pytest.approx(0.2, abs=0.015)
+    with pytest.raises(ValueError, match="p_flip"):
+        flip_signs(values, 1.5, g)
+

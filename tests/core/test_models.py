@@ -1,9 +1,18 @@
 """Model shapes, seeded initialisation and input checks."""
 
+import math
+
 import pytest
 import torch
 
-from kdnb.models import MLP, DigitsCNN, count_parameters
+from kdnb.core.models import (
+    MLP,
+    NTKMLP,
+    AntisymmetricPair,
+    DigitsCNN,
+    NTKLinear,
+    count_parameters,
+)
 
 
 def test_mlp_shapes_and_parameter_count():
@@ -49,3 +58,18 @@ def test_bad_input_shapes():
         MLP(4, (3,), 2)(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="DigitsCNN expects"):
         DigitsCNN()(torch.zeros(2, 1, 7, 7))
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: NTKMLP(3, []), ValueError, "at least one layer"),
+    (lambda: NTKMLP(3, 8), TypeError, "hidden must be a sequence"),
+    (lambda: NTKMLP(3, [4], weight_variance=-2.0), ValueError, "weight_variance must be a finite number > 0"),
+    (lambda: NTKMLP(3, [4], bias_variance=math.inf), ValueError, "bias_variance must be a finite number >= 0"),
+    (lambda: NTKMLP(3, [4], dtype=torch.int32), TypeError, "floating-point"),
+    (lambda: NTKLinear(3, 0), ValueError, "out_features must be >= 1"),
+    (lambda: AntisymmetricPair("net"), TypeError, "module must be a torch.nn.Module"),
+])
+def test_ntk_models_reject_bad_arguments(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+

@@ -22,9 +22,12 @@ __all__ = [
     "History",
     "accuracy",
     "cross_entropy_objective",
+    "distill",
     "distillation_objective",
     "fit",
     "predict_logits",
+    "teacher_snapshots",
+    "train_classifier",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -62,7 +65,7 @@ def cross_entropy_objective() -> Callable[..., torch.Tensor]:
 def distillation_objective(
     rho: float, temperature: float, t2_scaling: bool = True, binary: bool = False
 ) -> Callable[..., torch.Tensor]:
-    """KD objective ``loss(student_logits, teacher_logits, labels, labelled=None)`` (see :func:`kdnb.losses.kd_loss`)."""
+    """KD objective ``loss(student_logits, teacher_logits, labels, labelled=None)`` (see :func:`kdnb.core.losses.kd_loss`)."""
     rho = check_soft_ratio(rho)
     temperature = check_temperature(temperature)
     base = binary_kd_loss if binary else kd_loss
@@ -193,3 +196,82 @@ def accuracy(model_or_logits: nn.Module | torch.Tensor, *args: torch.Tensor) -> 
         raise ValueError(f"logits and labels disagree in length: {logits.shape[0]} and {labels.shape[0]}")
     predicted = (logits > 0).long() if logits.ndim == 1 else logits.argmax(dim=1)
     return float((predicted == labels.long()).double().mean())
+
+
+def train_classifier(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    generator: torch.Generator,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+    desc: str = "teacher",
+) -> History:
+    """Train ``model`` on hard labels with cross-entropy and Adam (a teacher, or a student "from scratch")."""
+    return fit(model, cross_entropy_objective(), inputs, [labels], epochs=epochs, generator=generator, lr=lr,
+               batch_size=batch_size, weight_decay=weight_decay, progress=progress, desc=desc)
+
+
+def teacher_snapshots(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: Sequence[int],
+    evaluate_on: Sequence[torch.Tensor],
+    generator: torch.Generator,
+    lr: float = 0.1,
+    progress: bool = False,
+) -> list[list[torch.Tensor]]:
+    """Train ``model`` by full-batch gradient descent on its labels and record its logits at several epochs.
+
+    This is a teacher stopped early at each of ``epochs`` (increasing), from one training run: plain gradient descent
+    keeps no optimiser state, so training in segments is the same run as training straight through. Returns, for
+    each epoch, the list of ``model``'s logits on each tensor of ``evaluate_on``.
+    """
+    epochs = [check_positive_int(e, "epochs") for e in epochs]
+    if not epochs or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError(f"epochs must be a non-empty increasing sequence, got {epochs}")
+    if isinstance(evaluate_on, torch.Tensor):
+        raise TypeError("evaluate_on must be a list of input tensors, e.g. [x_transfer, x_test]")
+    snapshots, done = [], 0
+    for epoch in epochs:
+        fit(model, cross_entropy_objective(), inputs, [labels], epochs=epoch - done, generator=generator, lr=lr,
+            optimizer="sgd", progress=progress, desc=f"teacher to epoch {epoch}")
+        done = epoch
+        snapshots.append([predict_logits(model, x) for x in evaluate_on])
+    return snapshots
+
+
+def distill(
+    student: nn.Module,
+    inputs: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    rho: float,
+    temperature: float,
+    epochs: int,
+    generator: torch.Generator,
+    t2_scaling: bool = True,
+    labelled: torch.Tensor | None = None,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "student",
+) -> History:
+    r"""Train ``student`` on the transfer set ``inputs`` with the KD loss of :func:`kdnb.core.losses.kd_loss`.
+
+    ``teacher_logits`` are precomputed (the teacher is fixed). ``labels`` and the optional ``labelled`` mask give the
+    hard-label term, weighted :math:`1-\rho`; with ``rho=1`` no labels are needed.
+    """
+    if teacher_logits.shape[0] != inputs.shape[0]:
+        raise ValueError("teacher_logits must have one row per input of the transfer set")
+    objective = distillation_objective(rho, temperature, t2_scaling=t2_scaling, binary=teacher_logits.ndim == 1)
+    targets = [teacher_logits, labels, labelled]
+    return fit(student, objective, inputs, targets, epochs=epochs, generator=generator, lr=lr,
+               batch_size=batch_size, progress=progress, desc=desc)

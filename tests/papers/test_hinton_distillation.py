@@ -5,8 +5,12 @@ import math
 import pytest
 import torch
 
-from kdnb.distill import mean_soft_targets, soft_gradient_norm, train_student
-from kdnb.models import MLP
+from kdnb.core.models import MLP
+from kdnb.papers.hinton_distillation import (
+    mean_soft_targets,
+    soft_gradient_norm,
+    train_student,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +22,7 @@ def problem():
     return x, y, teacher_logits
 
 
+
 @pytest.mark.parametrize("regime", ["scratch", "kd", "transfer"])
 def test_train_student_regimes_are_deterministic(problem, regime):
     x, y, z = problem
@@ -27,12 +32,14 @@ def test_train_student_regimes_are_deterministic(problem, regime):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+
 def test_transfer_set_uses_unlabelled_inputs(problem):
     """With rho = 1 the transfer regime learns from the teacher on every input, labels or not."""
     x, y, z = problem
     student = train_student(x, y, z, regime="transfer", n_labels=3, hidden=(16,), rho=1.0, temperature=1.0,
                             epochs=150, lr=0.05, generator=torch.Generator().manual_seed(2))
     assert (student(x).argmax(1) == z.argmax(1)).float().mean() > 0.8
+
 
 
 def test_omit_class_removes_it_from_training(problem):
@@ -49,6 +56,7 @@ def test_omit_class_removes_it_from_training(problem):
                       generator=torch.Generator())
 
 
+
 def test_soft_gradient_norm_high_temperature_limits():
     """At large T, ||grad|| -> ||(z_s - z_t) - mean||/C with T^2 scaling and that over T^2 without it."""
     g = torch.Generator().manual_seed(3)
@@ -58,6 +66,7 @@ def test_soft_gradient_norm_high_temperature_limits():
     T = 1e4
     assert math.isclose(soft_gradient_norm(zs, zt, T, t2_scaling=True), limit, rel_tol=1e-3)
     assert math.isclose(soft_gradient_norm(zs, zt, T, t2_scaling=False), limit / T**2, rel_tol=1e-3)
+
 
 
 def test_mean_soft_targets_rows_are_distributions():
@@ -71,24 +80,3 @@ def test_mean_soft_targets_rows_are_distributions():
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         mean_soft_targets(model, x, y, 0.0, 3)
 
-
-def test_teacher_snapshots_are_one_gradient_descent_run():
-    from kdnb.distill import teacher_snapshots
-    from kdnb.training import cross_entropy_objective, fit, predict_logits
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 5, generator=g)
-    y = (x[:, 0] > 0).float()
-    x_eval = torch.randn(7, 5, generator=g)
-    model = MLP(5, (8,), 1, generator=torch.Generator().manual_seed(1))
-    snaps = teacher_snapshots(model, x, y, epochs=[3, 10], evaluate_on=[x, x_eval], generator=torch.Generator())
-    assert len(snaps) == 2 and [t.shape for t in snaps[1]] == [(40,), (7,)]
-    for epochs, (_, logits) in zip([3, 10], snaps):
-        fresh = MLP(5, (8,), 1, generator=torch.Generator().manual_seed(1))
-        fit(fresh, cross_entropy_objective(), x, [y], epochs=epochs, generator=torch.Generator(), lr=0.1,
-            optimizer="sgd", progress=False)
-        torch.testing.assert_close(logits, predict_logits(fresh, x_eval), rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="increasing"):
-        teacher_snapshots(model, x, y, epochs=[5, 5], evaluate_on=[x], generator=g)
-    with pytest.raises(TypeError, match="list of input tensors"):
-        teacher_snapshots(model, x, y, epochs=[1], evaluate_on=x, generator=g)

@@ -3,15 +3,21 @@
 import pytest
 import torch
 
-from kdnb.experiments import sweep
-from kdnb.models import MLP
-from kdnb.training import accuracy, cross_entropy_objective, distillation_objective, fit, predict_logits
+from kdnb.core.models import MLP
+from kdnb.core.training import (
+    accuracy,
+    cross_entropy_objective,
+    distillation_objective,
+    fit,
+    predict_logits,
+)
 
 
 def toy(n=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g)
     return x, (x[:, 0] + x[:, 1] > 0).long()
+
 
 
 def train(seed, batch_size=16, epochs=15):
@@ -23,6 +29,7 @@ def train(seed, batch_size=16, epochs=15):
     return model, history
 
 
+
 def test_fit_learns_and_records_history():
     model, history = train(0)
     assert len(history.loss) == 15 and history.loss[-1] < 0.5 * history.loss[0]
@@ -32,12 +39,14 @@ def test_fit_learns_and_records_history():
     assert not model.training  # left in eval mode
 
 
+
 def test_same_seed_gives_identical_numbers():
     (m1, h1), (m2, h2) = train(3), train(3)
     assert h1.loss == h2.loss
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
     _, h3 = train(4)
     assert h3.loss != h1.loss
+
 
 
 def test_sgd_full_batch_matches_a_hand_written_gradient_step():
@@ -52,6 +61,7 @@ def test_sgd_full_batch_matches_a_hand_written_gradient_step():
     assert torch.allclose(model.net[0].bias, b0 - 0.1 * residual.sum(0), atol=1e-6)
 
 
+
 def test_distillation_objective_trains_a_student_toward_its_teacher():
     x, y = toy()
     teacher = MLP(4, (16,), 2, generator=torch.Generator().manual_seed(1))
@@ -64,11 +74,13 @@ def test_distillation_objective_trains_a_student_toward_its_teacher():
     assert accuracy(student, x, z_t.argmax(1)) > 0.95
 
 
+
 def test_binary_accuracy_and_objective():
     logits, labels = torch.tensor([2.0, -1.0, 0.5, -3.0]), torch.tensor([1, 0, 0, 0])
     assert accuracy(logits, labels) == 0.75
     loss = cross_entropy_objective()(logits, labels)
     assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()))
+
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -91,19 +103,34 @@ def test_fit_rejects_bad_arguments(kwargs, error, message):
         fit(args.pop("model"), args.pop("objective"), args.pop("inputs"), args.pop("targets"), **args)
 
 
+
 def test_accuracy_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="disagree in length"):
         accuracy(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
 
 
-def test_sweep_builds_a_tidy_table_in_grid_order():
-    table = sweep(lambda a, b, repeat: {"value": 10 * a + b + 100 * repeat}, {"a": [1, 2], "b": [3, 4]}, repeats=2,
-                  progress=False)
-    assert list(table.columns) == ["a", "b", "repeat", "value"] and len(table) == 8
-    assert table["value"].tolist() == [13, 113, 14, 114, 23, 123, 24, 124]
-    with pytest.raises(ValueError, match="grid\\['a'\\] must be a non-empty sequence"):
-        sweep(lambda a, repeat: {}, {"a": []})
-    with pytest.raises(ValueError, match="'repeat' is reserved"):
-        sweep(lambda repeat: {}, {"repeat": [1]})
-    with pytest.raises(TypeError, match="must return a mapping"):
-        sweep(lambda a, repeat: 1.0, {"a": [1]}, progress=False)
+def test_teacher_snapshots_are_one_gradient_descent_run():
+    from kdnb.core.training import (
+        cross_entropy_objective,
+        fit,
+        predict_logits,
+        teacher_snapshots,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g)
+    y = (x[:, 0] > 0).float()
+    x_eval = torch.randn(7, 5, generator=g)
+    model = MLP(5, (8,), 1, generator=torch.Generator().manual_seed(1))
+    snaps = teacher_snapshots(model, x, y, epochs=[3, 10], evaluate_on=[x, x_eval], generator=torch.Generator())
+    assert len(snaps) == 2 and [t.shape for t in snaps[1]] == [(40,), (7,)]
+    for epochs, (_, logits) in zip([3, 10], snaps):
+        fresh = MLP(5, (8,), 1, generator=torch.Generator().manual_seed(1))
+        fit(fresh, cross_entropy_objective(), x, [y], epochs=epochs, generator=torch.Generator(), lr=0.1,
+            optimizer="sgd", progress=False)
+        torch.testing.assert_close(logits, predict_logits(fresh, x_eval), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="increasing"):
+        teacher_snapshots(model, x, y, epochs=[5, 5], evaluate_on=[x], generator=g)
+    with pytest.raises(TypeError, match="list of input tensors"):
+        teacher_snapshots(model, x, y, epochs=[1], evaluate_on=x, generator=g)
+

@@ -1,0 +1,172 @@
+"""Input validation at the boundary of kdnb's public functions.
+
+Each checker raises ``TypeError`` for a value of the wrong type and ``ValueError`` for a value out of range, and the
+message names the argument and its allowed range. Nothing is clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "check_choice",
+    "check_finite_tensor",
+    "check_gram",
+    "check_in_unit_interval",
+    "check_kernel_targets",
+    "check_positive",
+    "check_positive_int",
+    "check_sequence",
+    "check_soft_ratio",
+    "check_soft_ratios",
+    "check_temperature",
+    "check_variance",
+]
+
+
+def _as_real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def check_in_unit_interval(value, name: str, *, open_low: bool = False) -> float:
+    """Return ``value`` as a float after checking it lies in [0, 1] (or (0, 1] with ``open_low``)."""
+    x = _as_real(value, name)
+    low_ok = x > 0 if open_low else x >= 0
+    if not (low_ok and x <= 1):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return x
+
+
+def check_soft_ratio(rho, name: str = "rho") -> float:
+    """The soft ratio ρ: the weight of the soft (teacher) term, in [0, 1]."""
+    return check_in_unit_interval(rho, name)
+
+
+def check_positive(value, name: str) -> float:
+    """Return ``value`` as a float after checking it is finite and > 0."""
+    x = _as_real(value, name)
+    if not (x > 0 and math.isfinite(x)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return x
+
+
+def check_variance(value, name: str, *, positive: bool = False) -> float:
+    """A variance: a finite number >= 0 (or > 0 with ``positive``), returned as a float."""
+    x = _as_real(value, name)
+    if not math.isfinite(x) or x < 0 or (positive and x == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return x
+
+
+def check_temperature(temperature, name: str = "temperature") -> float:
+    """The distillation temperature T: finite and > 0."""
+    return check_positive(temperature, name)
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """Return ``value`` after checking it is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, Real) and float(value).is_integer() and not isinstance(value, bool):
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Return ``value`` after checking it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_finite_tensor(x, name: str, *, floating: bool = True) -> torch.Tensor:
+    """Check ``x`` is a torch tensor (floating point unless ``floating=False``) with finite entries."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if floating and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+    return x
+
+
+def check_sequence(values, name: str) -> list:
+    """A non-empty list from a sequence or a 1-D tensor; ``TypeError`` or ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(values, torch.Tensor):
+        if values.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D sequence, got a tensor of shape {tuple(values.shape)}")
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence (a list of values), got {type(values).__name__}")
+    if len(values) == 0:
+        raise ValueError(f"{name} must not be empty")
+    return list(values)
+
+
+def check_soft_ratios(rho, name: str = "rho") -> tuple[torch.Tensor, bool]:
+    """Soft ratios in (0, 1]: a number or a non-empty sequence, returned as a float64 vector and whether a single
+    number was given.
+
+    ρ = 0 is refused with the reason: with no soft term the per-example loss is pure cross-entropy on the hard label,
+    whose minimiser is infinite, so quantities defined through a finite minimiser (the effective logits of
+    :mod:`kdnb.papers.wide_network_kd`) do not exist there.
+    """
+    if isinstance(rho, torch.Tensor) and rho.ndim == 0:
+        rho = rho.item()
+    scalar = not isinstance(rho, (Sequence, torch.Tensor)) or isinstance(rho, (str, bytes))
+    values = [rho] if scalar else list(rho.tolist() if isinstance(rho, torch.Tensor) else rho)
+    if not values:
+        raise ValueError(f"{name} must be a number in (0, 1] or a non-empty sequence of them")
+    for value in values:
+        if not isinstance(value, bool) and isinstance(value, (int, float)) and float(value) == 0.0:
+            raise ValueError(
+                f"{name} must be in (0, 1], got 0: with no soft term the per-example loss is pure cross-entropy on "
+                "the hard label, whose minimiser is z = +inf (y = 1) or -inf (y = 0), so there is no finite "
+                "effective logit. Use a small rho (e.g. 0.05) or train for a fixed time instead")
+        check_in_unit_interval(value, name, open_low=True)
+    return torch.tensor([float(v) for v in values], dtype=torch.float64), scalar
+
+
+def check_gram(kernel, name: str = "kernel") -> torch.Tensor:
+    """A square (N, N) Gram matrix with finite entries, returned in float64 (on the CPU for MPS, which has no
+    float64). A 4-D multi-output NTK is refused with the way to get a scalar one."""
+    from .runtime import float64_device
+
+    if not isinstance(kernel, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(kernel).__name__}")
+    if kernel.ndim == 4:
+        raise ValueError(f"{name} has shape {tuple(kernel.shape)}: the blocks of a multi-output model. The solvers need "
+                         f"the (N, N) Gram matrix of a scalar output (take one output's block, or outputs='trace')")
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] == 0:
+        raise ValueError(f"{name} must be a square (N, N) Gram matrix, got shape {tuple(kernel.shape)}")
+    if not kernel.is_floating_point() or not bool(torch.isfinite(kernel).all()):
+        raise ValueError(f"{name} must be a floating-point matrix with finite entries")
+    return kernel.to(device=float64_device(kernel.device), dtype=torch.float64)
+
+
+def check_kernel_targets(targets, n: int, name: str, device) -> torch.Tensor:
+    """Regression targets for an (N, N) kernel: (N,) or (N, k), floating point and finite; returned in float64 on
+    ``device``."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.ndim not in (1, 2) or targets.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) to match the kernel, got {tuple(targets.shape)}")
+    if not targets.is_floating_point() or not bool(torch.isfinite(targets).all()):
+        raise ValueError(f"{name} must be floating point with finite entries")
+    return targets.to(device=device, dtype=torch.float64)

@@ -1,0 +1,324 @@
+r"""Kernel regression: the min-norm interpolant, its weight change, nested prefixes and gradient flow.
+
+A wide network trained to convergence from :math:`w_0` is kernel regression with its NTK (:mod:`kdnb.kernels`):
+with :math:`r = z - f_0(X)` the coefficients are :math:`a = K^{-1} r`, predictions :math:`f_0(x) + \Theta(x, X) a`,
+and the weight change :math:`\Delta\hat w = \Phi a` has norm :math:`\sqrt{r^\top K^{-1} r}`.
+
+* :func:`cholesky_with_jitter`, :func:`kernel_regression`, :func:`weight_change_norm`;
+* :class:`NestedKernelRegression`: every prefix of one sample from one factorisation, with the norms, coefficients
+  and angles of the nested solutions; :func:`weight_change_cosine`, the angle between two of them;
+* :class:`KernelGradientFlow`: gradient flow on the squared loss stopped at time :math:`\tau`, in closed form (an
+  early-stopped teacher).
+
+**Linear algebra.** Kernels for solves are float64. Cholesky factorisations add a jitter of
+``jitter * mean(diag K)`` (default ``1e-10``) to the diagonal and raise ``ValueError`` if the matrix is still not
+positive definite; nothing is clipped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..core.validation import (
+    check_finite_tensor,
+    check_gram,
+    check_kernel_targets,
+    check_positive,
+    check_positive_int,
+    check_sequence,
+)
+
+__all__ = ["DEFAULT_JITTER", "KernelGradientFlow", "KernelRegression", "NestedKernelRegression",
+           "cholesky_with_jitter", "kernel_regression", "weight_change_cosine", "weight_change_norm"]
+
+DEFAULT_JITTER = 1e-10
+
+
+def _initial_outputs(f0, like: torch.Tensor, name: str) -> torch.Tensor:
+    """``f0`` checked against outputs ``like``, (N,) or (N, k): same shape, or (N,) shared by the k columns."""
+    f = check_kernel_targets(f0, like.shape[0], name, like.device)
+    if f.shape == like.shape:
+        return f
+    if like.ndim == 2 and f.ndim == 1:
+        return f[:, None]
+    raise ValueError(f"{name} must have shape {tuple(like.shape)} (or ({like.shape[0]},) for several target columns), "
+                     f"got {tuple(f.shape)}")
+
+
+def _residual_targets(targets, f0, n: int, device) -> torch.Tensor:
+    """:math:`r = z - f_0` in float64."""
+    z = check_kernel_targets(targets, n, "targets", device)
+    return z if f0 is None else z - _initial_outputs(f0, z, "f0")
+
+
+def cholesky_with_jitter(kernel: torch.Tensor, jitter: float = DEFAULT_JITTER) -> torch.Tensor:
+    r"""Lower Cholesky factor L of :math:`K + \epsilon\, \overline{\mathrm{diag} K}\, I` in float64,
+    :math:`\epsilon` = ``jitter`` (default 1e-10).
+
+    Raises ``ValueError`` if ``kernel`` is not symmetric (to 1e-8 relative) or not positive definite even with the
+    jitter (duplicate inputs, or a kernel that is not a kernel).
+    """
+    k = check_gram(kernel)
+    jitter = float(jitter)
+    if not (jitter >= 0 and math.isfinite(jitter)):
+        raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
+    scale = float(k.diagonal().abs().mean())
+    if float((k - k.T).abs().max()) > 1e-8 * max(scale, 1e-300):
+        raise ValueError("kernel must be symmetric (a Gram matrix); got an asymmetric matrix")
+    shifted = k + (jitter * scale) * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    if int(info) != 0:
+        raise ValueError(f"kernel is not positive definite even with jitter {jitter:g} x mean diagonal; are some "
+                         f"inputs repeated? (Cholesky failed at column {int(info)})")
+    return factor
+
+
+@dataclass(frozen=True)
+class KernelRegression:
+    r"""The min-norm interpolant of kernel regression (the endpoint of gradient flow on the linearized model).
+
+    With :math:`r = z - f_0(X)`: coefficients :math:`a = K^{-1} r`, predictions
+    :math:`f(x) = f_0(x) + \Theta(x, X)\, a`, and weight change :math:`\Delta \hat w = \Phi a` with
+    :math:`\|\Delta \hat w\|^2 = r^\top K^{-1} r` (computed without forming the features :math:`\Phi`).
+    """
+
+    coefficients: torch.Tensor
+    factor: torch.Tensor
+    residual_targets: torch.Tensor
+
+    @property
+    def weight_change_norm(self) -> torch.Tensor:
+        """:math:`\\|\\Delta \\hat w\\| = \\sqrt{r^\\top K^{-1} r}` (one value per target column)."""
+        return (self.residual_targets * self.coefficients).sum(0).clamp_min(0).sqrt()
+
+    def predict(self, kernel_test_train: torch.Tensor, f0_test: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions :math:`f_0(x) + \\Theta(x, X) a` at test points; ``kernel_test_train`` is (M, N)."""
+        if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2:
+            raise ValueError("kernel_test_train must be an (M, N) matrix Θ(X_test, X_train)")
+        n = self.coefficients.shape[0]
+        if kernel_test_train.shape[1] != n:
+            raise ValueError(f"kernel_test_train must have {n} columns (the training points), got "
+                             f"{kernel_test_train.shape[1]}")
+        out = kernel_test_train.to(self.coefficients.device, torch.float64) @ self.coefficients
+        return out if f0_test is None else out + _initial_outputs(f0_test, out, "f0_test")
+
+
+def kernel_regression(
+    kernel: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    f0: torch.Tensor | None = None,
+    jitter: float = DEFAULT_JITTER,
+) -> KernelRegression:
+    r"""Solve kernel regression, :math:`a = K^{-1}(z - f_0)`, by one Cholesky factorisation (float64, jitter as in
+    :func:`cholesky_with_jitter`).
+
+    ``targets`` are (N,) or (N, k) (k right-hand sides at once, e.g. one per soft ratio); ``f0`` are the initial
+    outputs on the training points (``None``: zero, as with :class:`kdnb.core.models.AntisymmetricPair`). Any loss convex
+    in the logits whose per-example minimiser is z leads gradient flow from :math:`w_0` to this solution.
+    """
+    factor = cholesky_with_jitter(kernel, jitter)
+    z = _residual_targets(targets, f0, factor.shape[0], factor.device)
+    rhs = z if z.ndim == 2 else z[:, None]
+    coefficients = torch.cholesky_solve(rhs, factor)
+    if z.ndim == 1:
+        coefficients = coefficients[:, 0]
+    return KernelRegression(coefficients=coefficients, factor=factor, residual_targets=z)
+
+
+def weight_change_norm(
+    kernel: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    f0: torch.Tensor | None = None,
+    prefixes: bool = False,
+    jitter: float = DEFAULT_JITTER,
+) -> torch.Tensor:
+    r"""Norm of the min-norm weight change that fits ``targets``: :math:`\|\Delta \hat w\| = \sqrt{r^\top K^{-1} r}`.
+
+    With ``prefixes=True`` it returns :math:`\|\Delta \hat w_n\|` for *every* prefix n = 1..N of the training points
+    at once, from one factorisation :math:`K = L L^\top`: with :math:`v = L^{-1} r`, the leading n x n block of K has
+    Cholesky factor :math:`L_{:n,:n}`, so :math:`\|\Delta \hat w_n\|^2 = \sum_{i \le n} v_i^2`. Shape (N,) or (N, k).
+    """
+    factor = cholesky_with_jitter(kernel, jitter)
+    r = _residual_targets(targets, f0, factor.shape[0], factor.device)
+    rhs = r if r.ndim == 2 else r[:, None]
+    v = torch.linalg.solve_triangular(factor, rhs, upper=False)
+    squares = v.square().cumsum(0) if prefixes else v.square().sum(0, keepdim=True)
+    norms = squares.sqrt()
+    if not prefixes:
+        norms = norms[0]
+    return norms if r.ndim == 2 else norms[..., 0]
+
+
+
+class NestedKernelRegression:
+    r"""Kernel regression on every prefix :math:`X_{:n}` of one sample, n = 1..N, from one factorisation.
+
+    With :math:`K = L L^\top` (float64, jitter as in :func:`cholesky_with_jitter`) the leading n x n block
+    :math:`K_n` has Cholesky factor :math:`L_{:n,:n}`, and :math:`v = L^{-1} r` restricted to its first n entries is
+    :math:`L_n^{-1} r_n`. Hence, with :math:`r = z - f_0(X)`:
+
+    * :math:`\|\Delta\hat w_n\|^2 = r_n^\top K_n^{-1} r_n = \sum_{i \le n} v_i^2` for all n at once
+      (:meth:`norms`), and each increment is :math:`v_{n+1}^2 = (r_{n+1} - \mu_n(x_{n+1}))^2 / s_n^2(x_{n+1})`, the
+      squared standardised error of the kernel-regression prediction :math:`\mu_n` with posterior variance
+      :math:`s_n^2`;
+    * the coefficients :math:`a_n = K_n^{-1} r_n = L_n^{-\top} v_{:n}` cost O(n²) each (:meth:`coefficients`).
+
+    ``targets`` are (N,) or (N, k): k right-hand sides solved together (e.g. one per soft ratio).
+    """
+
+    def __init__(self, kernel: torch.Tensor, targets: torch.Tensor, *, f0: torch.Tensor | None = None,
+                 jitter: float = DEFAULT_JITTER):
+        self.factor = cholesky_with_jitter(kernel, jitter)
+        residual = _residual_targets(targets, f0, self.factor.shape[0], self.factor.device)
+        self._vector = residual.ndim == 1
+        self.residual_targets = residual[:, None] if self._vector else residual
+        self.whitened = torch.linalg.solve_triangular(self.factor, self.residual_targets, upper=False)
+
+    @property
+    def size(self) -> int:
+        """N, the number of points of the whole sample."""
+        return self.factor.shape[0]
+
+    def _shape(self, values: torch.Tensor) -> torch.Tensor:
+        return values[..., 0] if self._vector else values
+
+    def _check_n(self, n) -> int:
+        n = check_positive_int(n, "n")
+        if n > self.size:
+            raise ValueError(f"n must be in [1, {self.size}] (the sample size), got {n}")
+        return n
+
+    def norms(self) -> torch.Tensor:
+        r""":math:`\|\Delta\hat w_n\|` for n = 1..N: (N,) or (N, k)."""
+        return self._shape(self.whitened.square().cumsum(0).sqrt())
+
+    def coefficients(self, n: int) -> torch.Tensor:
+        r""":math:`a_n = K_n^{-1} r_n`, so that :math:`\Delta\hat w_n = \Phi_n a_n`: (n,) or (n, k)."""
+        n = self._check_n(n)
+        a = torch.linalg.solve_triangular(self.factor[:n, :n].T, self.whitened[:n], upper=True)
+        return self._shape(a)
+
+    def predict(self, n: int, kernel_test_train: torch.Tensor, f0_test: torch.Tensor | None = None) -> torch.Tensor:
+        r"""The student trained on the first n points at test inputs, :math:`f_0(x) + \Theta(x, X_n)\, a_n`.
+
+        ``kernel_test_train`` is :math:`\Theta(X_\mathrm{test}, X_m)` for any m >= n (only its first n columns are
+        used, so one test kernel against the whole sample serves every n)."""
+        n = self._check_n(n)
+        if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2:
+            raise ValueError("kernel_test_train must be an (M, m) matrix Θ(X_test, X_train) with m >= n")
+        if kernel_test_train.shape[1] < n:
+            raise ValueError(f"kernel_test_train has {kernel_test_train.shape[1]} columns; it needs at least n = {n}")
+        out = kernel_test_train[:, :n].to(self.factor.device, torch.float64) @ self.coefficients(n)
+        if f0_test is not None:
+            f0_test = check_finite_tensor(f0_test, "f0_test").to(out.device, torch.float64)
+            if f0_test.shape[0] != out.shape[0]:
+                raise ValueError(f"f0_test must have {out.shape[0]} rows (the test points), got {tuple(f0_test.shape)}")
+            out = out + (f0_test[:, None] if out.ndim == 2 and f0_test.ndim == 1 else f0_test)
+        return out
+
+    def oracle_angles(self) -> torch.Tensor:
+        r"""Angles :math:`\bar\alpha_n = \angle(\Delta\hat w_n, \Delta\hat w_N)` for n = 1..N, in radians, from the
+        projection identity :math:`\cos\bar\alpha_n = \|\Delta\hat w_n\| / \|\Delta\hat w_N\|` (valid because the
+        samples are nested). The whole sample plays the oracle: report N."""
+        norms = self.whitened.square().cumsum(0).sqrt()
+        cosine = norms / norms[-1:]
+        # The ratio exceeds 1 only by rounding (a projection cannot be longer than the vector).
+        return self._shape(torch.arccos(cosine.clamp(max=1.0)))
+
+
+def weight_change_cosine(kernel: torch.Tensor, coefficients_1: torch.Tensor,
+                         coefficients_2: torch.Tensor) -> torch.Tensor:
+    r"""Cosine of the angle between :math:`\Delta w_1 = \Phi_1 a_1` and :math:`\Delta w_2 = \Phi_2 a_2`, from the
+    kernel alone: :math:`\cos = a_1^\top K_{12} a_2 / \sqrt{(a_1^\top K_{11} a_1)(a_2^\top K_{22} a_2)}`.
+
+    ``kernel`` is the (N, N) Gram matrix of a sample whose first n1 points carry ``coefficients_1`` and whose first
+    n2 points carry ``coefficients_2`` (for a student and an oracle proxy: n1 = n, n2 = N). Coefficients are (n1,)
+    and (n2,), or (n1, k) and (n2, k): one cosine per column. This is the direct formula that
+    :meth:`NestedKernelRegression.oracle_angles` replaces by a ratio of norms.
+    """
+    k = check_gram(kernel)
+    a1 = check_finite_tensor(coefficients_1, "coefficients_1").to(k.device, torch.float64)
+    a2 = check_finite_tensor(coefficients_2, "coefficients_2").to(k.device, torch.float64)
+    n1, n2 = a1.shape[0], a2.shape[0]
+    if max(n1, n2) > k.shape[0]:
+        raise ValueError(f"the coefficients have {n1} and {n2} rows, more than the kernel's {k.shape[0]} points")
+    if a1.shape[1:] != a2.shape[1:] or a1.ndim > 2:
+        raise ValueError(f"coefficients_1 and coefficients_2 must be (n,) or (n, k) with the same k, got "
+                         f"{tuple(a1.shape)} and {tuple(a2.shape)}")
+    inner = (a1 * (k[:n1, :n2] @ a2)).sum(0)
+    norm1 = (a1 * (k[:n1, :n1] @ a1)).sum(0).clamp_min(0).sqrt()
+    norm2 = (a2 * (k[:n2, :n2] @ a2)).sum(0).clamp_min(0).sqrt()
+    return inner / (norm1 * norm2)
+
+
+
+class KernelGradientFlow:
+    r"""A linearized wide network (f0 ≡ 0) trained by gradient flow on :math:`\frac{1}{2n_t}\sum_i (f(x_i) - y_i)^2`
+    for time :math:`\tau` (learning rate x steps), in closed form.
+
+    With :math:`K_t = V \mathrm{diag}(\lambda) V^\top` (float64 eigendecomposition) the teacher is
+    :math:`f^\tau(x) = \Theta(x, X_t)\, c_\tau`,
+
+    .. math:: c_\tau = V\, \mathrm{diag}\!\left(\frac{1 - e^{-\lambda\tau/n_t}}{\lambda}\right) V^\top Y_t,
+              \qquad \|\Delta w_t(\tau)\|^2 = c_\tau^\top K_t c_\tau
+              = \sum_j \frac{(1 - e^{-\lambda_j\tau/n_t})^2}{\lambda_j} (v_j^\top Y_t)^2.
+
+    Each eigencomponent grows monotonically with :math:`\tau`, so the weight norm and the logit scale increase, and
+    the detail (small-eigenvalue directions) arrives last (Ji & Zhu 2020, Fig. 4). As :math:`\tau \to \infty` the
+    teacher becomes the interpolant :math:`K_t^{-1} Y_t`. Eigenvalues at or below rounding level
+    (:math:`10^{-13}\lambda_\max`) are treated as zero, where the factor is its limit :math:`\tau/n_t`.
+    """
+
+    def __init__(self, kernel: torch.Tensor, targets: torch.Tensor):
+        k = check_gram(kernel)
+        if float((k - k.T).abs().max()) > 1e-8 * float(k.diagonal().abs().mean()):
+            raise ValueError("kernel must be a symmetric Gram matrix")
+        y = check_finite_tensor(targets, "targets").to(k.device, torch.float64)
+        if y.shape != (k.shape[0],):
+            raise ValueError(f"targets must have shape ({k.shape[0]},) to match the kernel, got {tuple(y.shape)}")
+        self.kernel = k
+        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(k)
+        self.projected_targets = self.eigenvectors.T @ y
+        self.size = k.shape[0]
+
+    def _factors(self, tau) -> tuple[torch.Tensor, bool]:
+        if isinstance(tau, torch.Tensor) and tau.ndim == 0:
+            tau = tau.item()
+        scalar = not isinstance(tau, (Sequence, torch.Tensor)) or isinstance(tau, (str, bytes))
+        taus = [tau] if scalar else check_sequence(tau, "tau")
+        taus = torch.tensor([check_positive(t, "tau") for t in taus], dtype=torch.float64, device=self.kernel.device)
+        lam = self.eigenvalues[:, None]
+        zero = lam <= 1e-13 * float(self.eigenvalues.max())
+        safe = torch.where(zero, torch.ones_like(lam), lam)
+        # (1 − e^{−λτ/n}) / λ, with its limit τ/n for λ ≈ 0
+        factor = torch.where(zero, taus[None, :] / self.size, -torch.expm1(-safe * taus[None, :] / self.size) / safe)
+        return factor, scalar
+
+    def coefficients(self, tau) -> torch.Tensor:
+        r""":math:`c_\tau`: (n_t,) for a number ``tau``, (n_t, len(tau)) for a sequence."""
+        factor, scalar = self._factors(tau)
+        c = self.eigenvectors @ (factor * self.projected_targets[:, None])
+        return c[:, 0] if scalar else c
+
+    def logits(self, kernel_test_train: torch.Tensor, tau) -> torch.Tensor:
+        r"""Teacher logits :math:`f^\tau(x) = \Theta(x, X_t)\, c_\tau` at test points (rows of
+        ``kernel_test_train``, shape (M, n_t))."""
+        if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2 \
+                or kernel_test_train.shape[1] != self.size:
+            raise ValueError(f"kernel_test_train must be an (M, {self.size}) matrix Θ(X_test, X_teacher)")
+        return kernel_test_train.to(self.kernel.device, torch.float64) @ self.coefficients(tau)
+
+    def weight_change_norm(self, tau) -> torch.Tensor:
+        r""":math:`\|\Delta w_t(\tau)\|`, a scalar or (len(tau),)."""
+        factor, scalar = self._factors(tau)
+        lam = self.eigenvalues.clamp_min(0)[:, None]
+        squares = (lam * factor.square() * self.projected_targets[:, None].square()).sum(0)
+        norm = squares.sqrt()
+        return norm[0] if scalar else norm
+

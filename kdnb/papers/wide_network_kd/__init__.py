@@ -1,0 +1,74 @@
+r"""Knowledge distillation into an infinitely wide student: Ji & Zhu, NeurIPS 2020 (chapters 3, 4 and 5).
+
+Guangda Ji and Zhanxing Zhu. *Knowledge Distillation in Wide Neural Networks: Risk Bound, Data Efficiency and
+Imperfect Teacher.* Advances in Neural Information Processing Systems 33, 2020. arXiv:2010.10090.
+
+A very wide student trains linearly in its weights (chapter 2), so distillation reduces to kernel regression of the
+*effective student logits*, and the objects of the paper's theory become closed forms, computed in float64:
+
+* :mod:`~kdnb.papers.wide_network_kd.effective_logits`: the logit :math:`z_\mathrm{eff}(z_t, y_g)` a wide student
+  reaches on a training point, the root of the per-example distillation gradient, and its derivative in the hard
+  label's weight;
+* :mod:`~kdnb.papers.wide_network_kd.students`: the student's kernel (a two-layer ReLU NTK with a first-layer bias),
+  its initial function, wide students for many soft ratios, and the hard-label test of the paper's Fig. 5;
+* :mod:`~kdnb.papers.wide_network_kd.geometry`: transfer risk, the accumulative angle distribution
+  :math:`p(\beta)` and its bound (Theorem 1), data inefficiency (Definition 1);
+* :mod:`~kdnb.papers.wide_network_kd.experiments`: the experiments of the paper's Figs. 2 to 5, one call each.
+
+**The book's choices.** Only the paper's abstract, introduction and figure captions are used here, so the following
+are the book's reconstruction, each an explicit argument: the soft-term constant :math:`c_T` (``t2_scaling``; every
+function in kdnb defaults to Hinton's :math:`T^2`, and chapters 3 to 5 pass ``t2_scaling=False``, the plain soft
+term, as their stated choice), the definitions of :math:`\Delta w_z`, :math:`\Delta w_*` and :math:`p(\beta)`, and
+the forms of Theorem 1 and Definition 1. Zero and oracle weight changes: :math:`\Delta w_z = -\Phi K^{-1} f_0(X)` fits
+the zero function, so with ``f0=None`` (the antisymmetric initialisation) every quantity is the one relative to
+:math:`\Delta w_z`; the oracle :math:`\Delta w_*` is approximated by the solve on :math:`N_\mathrm{or} \gg n` points,
+of which the training points are a prefix (report :math:`N_\mathrm{or}`: for :math:`\rho < 1` the oracle target is
+discontinuous and its norm grows with it).
+"""
+
+from .effective_logits import effective_logits_hard_derivative, effective_student_logits, root_residual
+from .experiments import (
+    ImperfectTeacherRun,
+    StoppedTeacherNorms,
+    TransferRiskRun,
+    early_stopped_distillation_norms,
+    imperfect_teacher_experiment,
+    target_difficulty_norms,
+    transfer_risk_experiment,
+)
+from .geometry import accumulative_angle_distribution, boundary_angles, data_inefficiency, transfer_risk
+from .students import (
+    ARCHITECTURES,
+    HardLabelEffect,
+    hard_label_effect,
+    kernel_diagonal,
+    kernel_students,
+    sample_initial_function,
+    student_kernel,
+    student_nngp,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "HardLabelEffect",
+    "ImperfectTeacherRun",
+    "StoppedTeacherNorms",
+    "TransferRiskRun",
+    "accumulative_angle_distribution",
+    "boundary_angles",
+    "data_inefficiency",
+    "early_stopped_distillation_norms",
+    "effective_logits_hard_derivative",
+    "effective_student_logits",
+    "hard_label_effect",
+    "imperfect_teacher_experiment",
+    "kernel_diagonal",
+    "kernel_students",
+    "root_residual",
+    "sample_initial_function",
+    "student_kernel",
+    "student_nngp",
+    "target_difficulty_norms",
+    "transfer_risk",
+    "transfer_risk_experiment",
+]

@@ -1,0 +1,198 @@
+r"""The wide student of Ji & Zhu (2020): its kernel, its initial function, and what hard labels do to it.
+
+The student's kernel is the analytic NTK of a two-layer ReLU network whose first layer has a bias, written with
+augmented inputs :math:`\tilde x = [x, 1]/\sqrt 2` (:func:`student_kernel`). The bias matters: without it the
+odd spherical harmonics of degree :math:`\ge 3` are missing from the kernel on the sphere, the student cannot learn
+them, and the risk stops falling (chapter 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...core.validation import check_choice, check_finite_tensor, check_positive_int, check_soft_ratios
+from ...kernels.analytic import relu_kernels
+from ...kernels.regression import DEFAULT_JITTER, NestedKernelRegression, cholesky_with_jitter
+from .effective_logits import effective_logits_hard_derivative, effective_student_logits
+
+__all__ = ["ARCHITECTURES", "HardLabelEffect", "hard_label_effect", "kernel_diagonal", "kernel_students",
+           "sample_initial_function", "student_kernel", "student_nngp"]
+
+
+ARCHITECTURES = {
+    # x̃ = [x, 1]/√2: first-layer weight and bias variances 1/2 each, readout variance 1; Θ(x, x) = 1 on the sphere.
+    "two_layer_bias": dict(depth=1, weight_variance=0.5, bias_variance=0.5, readout_weight_variance=1.0,
+                           readout_bias_variance=0.0),
+    # A bias-free network with two hidden layers (He variances) is also universal on the sphere.
+    "three_layer": dict(depth=2, weight_variance=2.0, bias_variance=0.0),
+    # Bias-free two-layer: odd harmonics of degree >= 3 are missing. Only for showing that pitfall.
+    "two_layer": dict(depth=1, weight_variance=2.0, bias_variance=0.0),
+}
+# ---------------------------------------------------------------------------------------------------------------------
+# The student's kernel
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _architecture(architecture: str) -> dict:
+    return ARCHITECTURES[check_choice(architecture, "architecture", tuple(ARCHITECTURES))]
+
+
+def student_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *,
+                   architecture: str = "two_layer_bias") -> torch.Tensor:
+    r"""The analytic NTK :math:`\Theta(x_1, x_2)` of the wide student, (N1, N2) float64.
+
+    ``architecture``: ``"two_layer_bias"`` (default) is one hidden ReLU layer with a first-layer bias, i.e. the
+    bias-free kernel of :math:`\tilde x = [x, 1]/\sqrt 2`:
+    :math:`\Theta = \|\tilde x\|\|\tilde x'\|\,[\sin\theta + 2(\pi-\theta)\cos\theta]/(2\pi)`, with
+    :math:`\Theta(x, x) = 1` on the unit sphere. ``"three_layer"`` is two bias-free hidden layers; ``"two_layer"`` one
+    bias-free hidden layer (not universal on the sphere; for the pitfall only). See :data:`ARCHITECTURES`.
+    """
+    return relu_kernels(x1, x2, **_architecture(architecture)).ntk
+
+
+def student_nngp(x1: torch.Tensor, x2: torch.Tensor | None = None, *,
+                 architecture: str = "two_layer_bias") -> torch.Tensor:
+    """The covariance :math:`\\mathbb E[f_0(x_1) f_0(x_2)]` of the same student at initialisation (NNGP kernel)."""
+    return relu_kernels(x1, x2, **_architecture(architecture)).nngp
+
+
+def kernel_diagonal(x: torch.Tensor, *, architecture: str = "two_layer_bias", block: int = 512) -> torch.Tensor:
+    r""":math:`\Theta(x_i, x_i)` for every row of ``x``, (N,) float64, in blocks of ``block`` rows."""
+    block = check_positive_int(block, "block")
+    parts = [student_kernel(x[i:i + block], architecture=architecture).diagonal() for i in range(0, len(x), block)]
+    return torch.cat(parts)
+
+
+def sample_initial_function(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    n_samples: int | None = None,
+    architecture: str = "two_layer_bias",
+    jitter: float = DEFAULT_JITTER,
+) -> torch.Tensor:
+    r"""Outputs :math:`f_0(X)` of randomly initialised infinitely wide students: a sample of the Gaussian process
+    with the NNGP covariance, :math:`f_0(X) = L\xi`, :math:`L L^\top = \Sigma(X, X) + \epsilon I`, :math:`\xi \sim
+    \mathcal N(0, I)` (jitter as in :func:`kdnb.kernels.regression.cholesky_with_jitter`).
+
+    Learning :math:`-f_0` is the "zero function" task of Ji & Zhu's Fig. 3: undoing the initial function. (N,), or
+    (N, n_samples) for several independent draws.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    factor = cholesky_with_jitter(student_nngp(x, architecture=architecture), jitter)
+    columns = 1 if n_samples is None else check_positive_int(n_samples, "n_samples")
+    noise = torch.randn(factor.shape[0], columns, generator=generator, dtype=torch.float64).to(factor.device)
+    samples = factor @ noise
+    return samples[:, 0] if n_samples is None else samples
+
+
+
+def kernel_students(
+    kernel: torch.Tensor,
+    kernel_test_train: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    rhos,
+    temperature: float,
+    *,
+    t2_scaling: bool = True,
+    jitter: float = DEFAULT_JITTER,
+) -> torch.Tensor:
+    r"""Test logits of wide students distilled with each soft ratio: kernel regression (from :math:`f_0 \equiv 0`) of
+    the effective logits :math:`z_\mathrm{eff}(z_t, y_g)` on the training points, evaluated at test points.
+
+    ``kernel`` (N, N) and ``kernel_test_train`` (M, N) are the student's NTK; ``teacher_logits`` and ``labels`` are
+    (N,). Returns (M, len(rhos)), or (M,) for a single number ``rhos``.
+    """
+    if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.ndim != 1:
+        raise ValueError("teacher_logits must be a tensor of shape (N,): one logit per training point")
+    targets = effective_student_logits(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
+    solution = NestedKernelRegression(kernel, targets, jitter=jitter)
+    if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2 \
+            or kernel_test_train.shape[1] != solution.size:
+        raise ValueError(f"kernel_test_train must be an (M, {solution.size}) matrix Θ(X_test, X_train)")
+    return solution.predict(solution.size, kernel_test_train)
+
+
+@dataclass(frozen=True)
+class HardLabelEffect:
+    r"""What a little more hard label does to a wide student (Ji & Zhu 2020, Theorem 3), one value per soft ratio.
+
+    ``inner_product``: :math:`\langle\delta\hat w_h, \Delta\hat w_c\rangle`; ``cosine``:
+    :math:`\cos\alpha(\Delta\hat w, \Delta\hat w_g)`, the angle to the ground truth's projection on the training span
+    (:math:`\cos\alpha(\Delta\hat w, \Delta w_g)` is this times the constant :math:`\|\Delta\hat w_g\| / \|\Delta
+    w_g\|`); ``cosine_derivative``: :math:`\partial\cos\alpha / \partial(1-\rho)
+    = \langle\delta\hat w_h, \Delta\hat w_c\rangle / (\|\Delta\hat w\|\,\|\Delta\hat w_g\|)`. Positive: adding hard
+    labels turns the student towards the ground truth."""
+
+    rhos: tuple[float, ...]
+    inner_product: torch.Tensor
+    cosine: torch.Tensor
+    cosine_derivative: torch.Tensor
+
+
+def hard_label_effect(
+    kernel: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    truth_logits: torch.Tensor,
+    rhos,
+    temperature: float,
+    *,
+    t2_scaling: bool = True,
+    jitter: float = DEFAULT_JITTER,
+) -> HardLabelEffect:
+    r"""The sign test of Ji & Zhu's Theorem 3: does more hard label turn the student towards the ground truth?
+
+    With the student's targets :math:`z = z_\mathrm{eff}(z_t, y_g)`, their derivative
+    :math:`\dot z = \partial z / \partial(1-\rho)` (:func:`effective_logits_hard_derivative`) and a ground-truth logit
+    :math:`g` on the same points (``truth_logits``, with sign :math:`g = y_g`; its weight change
+    :math:`\Delta\hat w_g = \Phi K^{-1} g` is the projection of :math:`\Delta w_g` on the training span),
+
+    .. math:: \delta\hat w_h = \Phi K^{-1}\dot z, \qquad
+              \Delta\hat w_c = \Delta\hat w_g - \frac{\langle\Delta\hat w, \Delta\hat w_g\rangle}{\|\Delta\hat w\|^2}
+              \Delta\hat w, \qquad
+              \langle\delta\hat w_h, \Delta\hat w_c\rangle = \dot z^\top K^{-1} g
+              - \frac{z^\top K^{-1} g}{z^\top K^{-1} z}\, \dot z^\top K^{-1} z,
+
+    computed from one Cholesky factorisation (float64, jitter as in :func:`kdnb.kernels.regression.cholesky_with_jitter`). Because
+    :math:`\Delta\hat w_c` is the part of the ground truth orthogonal to the student,
+    :math:`\partial\cos\alpha(\Delta\hat w, \Delta w_g)/\partial(1-\rho) = \langle\delta\hat w_h, \Delta\hat
+    w_c\rangle / (\|\Delta\hat w\|\|\Delta w_g\|)`; the normaliser here is :math:`\|\Delta\hat w_g\|`, the same
+    for every ρ. The paper's exact definition of :math:`\Delta w_g` is a reconstruction; another choice of g changes
+    the value, and only the sign is claimed.
+    """
+    z = effective_student_logits(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
+    dz = effective_logits_hard_derivative(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
+    rho_vector, scalar = check_soft_ratios(rhos)
+    g = check_finite_tensor(truth_logits, "truth_logits").to(torch.float64)
+    if g.shape != teacher_logits.shape or g.ndim != 1:
+        raise ValueError(f"truth_logits must have the shape of teacher_logits {tuple(teacher_logits.shape)} (one "
+                         f"ground-truth logit per training point), got {tuple(g.shape)}")
+    if scalar:
+        z, dz = z[:, None], dz[:, None]
+    factor = cholesky_with_jitter(kernel, jitter)
+    if factor.shape[0] != z.shape[0]:
+        raise ValueError(f"kernel must be ({z.shape[0]}, {z.shape[0]}) to match the teacher logits")
+    if not bool((z != 0).any(0).all()) or not bool((g != 0).any()):
+        raise ValueError("the student's targets and truth_logits must not be all zero (the angle is undefined)")
+    z, dz = z.to(factor.device), dz.to(factor.device)
+    # Whitened vectors: u^T K^{-1} v = (L^{-1} u)^T (L^{-1} v).
+    white = torch.linalg.solve_triangular(factor, torch.cat([z, dz, g.to(factor.device)[:, None]], 1), upper=False)
+    wz, wdz, wg = white[:, :z.shape[1]], white[:, z.shape[1]:2 * z.shape[1]], white[:, -1:]
+    z_norm2, g_norm2 = wz.square().sum(0), wg.square().sum(0)
+    z_dot_g, dz_dot_g, dz_dot_z = (wz * wg).sum(0), (wdz * wg).sum(0), (wdz * wz).sum(0)
+    inner = dz_dot_g - z_dot_g / z_norm2 * dz_dot_z
+    cosine = z_dot_g / (z_norm2.sqrt() * g_norm2.sqrt())
+    derivative = inner / (z_norm2.sqrt() * g_norm2.sqrt())
+
+    def shape(t):
+        return t[0] if scalar else t
+
+    return HardLabelEffect(rhos=tuple(rho_vector.tolist()), inner_product=shape(inner).cpu(),
+                           cosine=shape(cosine).cpu(), cosine_derivative=shape(derivative).cpu())
+
+

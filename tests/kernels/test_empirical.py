@@ -1,0 +1,301 @@
+"""kdnb.kernels: the empirical NTK by three methods and by plain autograd, the analytic kernels against closed forms and
+Monte-Carlo, the linearized model, and the function-space solvers against explicit training in weight space."""
+
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdnb.core.models import MLP, NTKMLP, AntisymmetricPair, DigitsCNN
+from kdnb.core.runtime import select_device
+from kdnb.core.timing import time_call
+from kdnb.kernels.empirical import (
+    dense_ntk_flops,
+    empirical_ntk,
+    structured_ntk_supported,
+)
+
+F64 = torch.float64
+
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+
+def unit(n, d, seed=0, dtype=F64):
+    x = torch.randn(n, d, generator=gen(seed), dtype=dtype)
+    return x / x.norm(dim=1, keepdim=True)
+
+
+
+def relative_max_error(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+
+MODELS = {
+    "ntk-mlp-1": lambda dt: NTKMLP(5, [48], generator=gen(1), dtype=dt),
+    "ntk-mlp-2-bias": lambda dt: NTKMLP(5, [32, 24], bias_variance=0.3, normalize_input=True, generator=gen(2), dtype=dt),
+    "ntk-mlp-3-outputs": lambda dt: NTKMLP(5, [16, 8], 3, bias_variance=0.2, generator=gen(3), dtype=dt),
+    "standard-mlp": lambda dt: MLP(5, (16, 12), 1, generator=gen(4)).to(dt),
+    "standard-mlp-4-outputs": lambda dt: MLP(5, (16,), 4, generator=gen(5)).to(dt),
+    "antisymmetric-pair": lambda dt: AntisymmetricPair(NTKMLP(5, [24], bias_variance=0.5, generator=gen(6), dtype=dt)),
+}
+
+
+
+def per_example_gradients(model, x):
+    """The definition, with plain autograd: one backward pass per example and output, shape (N, O, P)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for xi in x:
+        out = model(xi[None]).reshape(-1)
+        rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[o], params,
+                                                                                        retain_graph=True)])
+                                 for o in range(out.numel())]))
+    return torch.stack(rows)
+
+
+
+def per_example_gradient_gram(model, x1, x2):
+    return torch.einsum("iap,jbp->ijab", per_example_gradients(model, x1), per_example_gradients(model, x2))
+
+
+
+def two_layer_closed_forms(x1, x2):
+    """Cho & Saul's arc-cosine kernels for f(x) = aᵀ relu(Wx)/√m, both layers trained (written out independently)."""
+    n1, n2 = x1.norm(dim=1)[:, None], x2.norm(dim=1)[None, :]
+    cos = ((x1 @ x2.T) / (n1 * n2)).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    nngp = n1 * n2 * (torch.sin(theta) + (math.pi - theta) * cos) / (2 * math.pi)
+    ntk = n1 * n2 * (torch.sin(theta) + 2 * (math.pi - theta) * cos) / (2 * math.pi)
+    return nngp, ntk
+
+
+
+def arora_ntk(x1, x2, depth):
+    """Arora et al. (2019), Eqs. (4)-(5), written out with numpy and arccos, independently of kdnb: c_σ = 2,
+    Σ⁽⁰⁾ = xᵀx', Σ⁽ʰ⁾ = c_σ E[relu relu], Σ̇⁽ʰ⁾ = c_σ E[relu' relu'] = (π − θ)/π, and
+    Θ = Σ_{h=1}^{L+1} Σ⁽ʰ⁻¹⁾ Π_{h'=h}^{L+1} Σ̇⁽ʰ'⁾ with Σ̇⁽ᴸ⁺¹⁾ = 1."""
+    x1, x2 = x1.numpy(), x2.numpy()
+    cov, var1, var2 = x1 @ x2.T, (x1**2).sum(1), (x2**2).sum(1)
+    sigmas, dots = [cov], []
+    for _ in range(depth):
+        norms = np.sqrt(np.outer(var1, var2))
+        theta = np.arccos(np.clip(cov / norms, -1, 1))
+        dots.append((np.pi - theta) / np.pi)
+        cov = norms * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi
+        sigmas.append(cov)  # the diagonal stays var (c_σ = 2 preserves it)
+    dots.append(np.ones_like(cov))
+    total = np.zeros_like(cov)
+    for h in range(1, depth + 2):
+        product = np.ones_like(cov)
+        for hp in range(h, depth + 2):
+            product = product * dots[hp - 1]
+        total += sigmas[h - 1] * product
+    return total
+
+
+
+def small_problem(n=12, width=24, seed=0):
+    net = AntisymmetricPair(NTKMLP(3, [width], weight_variance=0.5, bias_variance=0.5, readout_bias_variance=0.0,
+                                   generator=gen(seed), dtype=F64))
+    x, x_test = unit(n, 3, seed + 1), unit(5, 3, seed + 2)
+    teacher = 3 * torch.randn(n, generator=gen(seed + 3), dtype=F64)
+    return net, x, x_test, teacher
+
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (F64, 1e-10)])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_three_methods_agree(name, dtype, tolerance):
+    model = MODELS[name](dtype)
+    x1 = torch.randn(9, 5, generator=gen(10), dtype=dtype)
+    x2 = torch.randn(6, 5, generator=gen(11), dtype=dtype)
+    reference = empirical_ntk(model, x1, x2, method="jacobian")
+    for method in ("ntk_vp", "structured", "auto"):
+        assert relative_max_error(empirical_ntk(model, x1, x2, method=method), reference) <= tolerance, method
+    gram = {m: empirical_ntk(model, x1, method=m) for m in ("jacobian", "ntk_vp", "structured")}
+    for m in ("ntk_vp", "structured"):
+        assert relative_max_error(gram[m], gram["jacobian"]) <= tolerance, m
+
+
+
+def test_methods_agree_on_the_selected_device():
+    """On a GPU machine this runs on CUDA (kdnb picks it); on CPU it is the same check on the CPU."""
+    device = select_device()
+    dtype = torch.float32 if device.type == "mps" else F64
+    model = NTKMLP(4, [64, 32], bias_variance=0.1, generator=gen(0), dtype=dtype).to(device)
+    x = torch.randn(20, 4, generator=gen(1), dtype=dtype).to(device)
+    kernels = [empirical_ntk(model, x, method=m) for m in ("jacobian", "ntk_vp", "structured")]
+    assert all(k.device.type == device.type for k in kernels)
+    for k in kernels[1:]:
+        assert relative_max_error(k, kernels[0]) <= (1e-5 if dtype == torch.float32 else 1e-10)
+
+
+
+@pytest.mark.parametrize("name", ["ntk-mlp-2-bias", "ntk-mlp-3-outputs", "antisymmetric-pair"])
+def test_empirical_ntk_is_the_gram_matrix_of_per_example_gradients(name):
+    model = MODELS[name](F64)
+    x1, x2 = torch.randn(5, 5, generator=gen(1), dtype=F64), torch.randn(4, 5, generator=gen(2), dtype=F64)
+    expected = per_example_gradient_gram(model, x1, x2)
+    got = empirical_ntk(model, x1, x2)
+    if expected.shape[-1] == 1:
+        expected = expected[:, :, 0, 0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+
+def test_frozen_parameters_are_left_out():
+    model = nn_sequential = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
+    nn_sequential[0].weight.requires_grad_(False)
+    x = torch.randn(6, 3, generator=gen(0), dtype=F64)
+    expected = per_example_gradient_gram(model, x, x)[:, :, 0, 0]
+    for method in ("jacobian", "ntk_vp", "structured"):
+        torch.testing.assert_close(empirical_ntk(model, x, method=method), expected, rtol=1e-12, atol=1e-12)
+
+
+
+@settings(max_examples=12, deadline=None)
+@given(n1=st.integers(1, 9), n2=st.integers(1, 7), chunk=st.integers(1, 10), symmetric=st.booleans())
+def test_chunking_does_not_change_the_kernel(n1, n2, chunk, symmetric):
+    model = MODELS["ntk-mlp-3-outputs"](F64)
+    x1 = torch.randn(n1, 5, generator=gen(n1), dtype=F64)
+    x2 = None if symmetric else torch.randn(n2, 5, generator=gen(100 + n2), dtype=F64)
+    for method in ("jacobian", "structured", "ntk_vp"):
+        whole = empirical_ntk(model, x1, x2, method=method)
+        blocked = empirical_ntk(model, x1, x2, method=method, chunk_size=chunk, progress=False)
+        torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
+
+
+
+def test_output_modes_for_multi_output_models():
+    model = MODELS["ntk-mlp-3-outputs"](F64)
+    x = torch.randn(4, 5, generator=gen(0), dtype=F64)
+    full = empirical_ntk(model, x)
+    assert full.shape == (4, 4, 3, 3)
+    torch.testing.assert_close(empirical_ntk(model, x, outputs="trace"), full.diagonal(dim1=2, dim2=3).sum(-1))
+    # A Gram matrix of a symmetric pair of inputs: Θ_ab(x, x') = Θ_ba(x', x).
+    torch.testing.assert_close(full, full.permute(1, 0, 3, 2))
+    assert empirical_ntk(MODELS["ntk-mlp-1"](F64), x).shape == (4, 4)  # scalar output: (N1, N2) in every mode
+
+
+
+def test_auto_picks_the_closed_form_only_for_relu_networks():
+    assert structured_ntk_supported(NTKMLP(3, [4]))
+    assert structured_ntk_supported(MLP(3, (4, 4), 2))
+    assert structured_ntk_supported(AntisymmetricPair(MLP(3, (4,), 1)))
+    assert not structured_ntk_supported(MLP(3, (4,), 1, activation="tanh"))
+    assert not structured_ntk_supported(DigitsCNN())
+    assert not structured_ntk_supported(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(), torch.nn.Linear(4, 1)))
+    tanh = MLP(3, (6,), 1, activation="tanh", generator=gen(0)).double()
+    x = torch.randn(5, 3, generator=gen(1), dtype=F64)
+    torch.testing.assert_close(empirical_ntk(tanh, x), empirical_ntk(tanh, x, method="jacobian"))
+
+
+
+def test_cnn_kernel_by_jacobian_and_ntk_vector_products():
+    model = DigitsCNN(channels=(4, 6), generator=gen(0)).double()
+    x = torch.randn(3, 64, generator=gen(1), dtype=F64)
+    jc, vp = empirical_ntk(model, x, method="jacobian"), empirical_ntk(model, x, method="ntk_vp")
+    assert jc.shape == (3, 3, 10, 10)
+    assert relative_max_error(vp, jc) < 1e-12
+
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, x: empirical_ntk(m, x, torch.randn(3, 4, dtype=F64)), ValueError, "same feature shape"),
+    (lambda m, x: empirical_ntk(m, x.float()), TypeError, "dtype torch.float32 but the model's parameters"),
+    (lambda m, x: empirical_ntk(m, x, method="exact"), ValueError, "method must be one of"),
+    (lambda m, x: empirical_ntk(m, x, outputs="mean"), ValueError, "outputs must be one of"),
+    (lambda m, x: empirical_ntk(m, x, chunk_size=0), ValueError, "chunk_size must be >= 1"),
+    (lambda m, x: empirical_ntk(m, x[0]), ValueError, "x1 must have shape \\(N, ...\\)"),
+    (lambda m, x: empirical_ntk(m, x * math.nan), ValueError, "finite"),
+    (lambda m, x: empirical_ntk(lambda t: t, x), TypeError, "model must be a torch.nn.Module"),
+    (lambda m, x: empirical_ntk(MLP(5, (4,), 1, activation="tanh").double(), x, method="structured"), ValueError,
+     "needs a fully connected ReLU network"),
+    (lambda m, x: empirical_ntk(m.requires_grad_(False), x), ValueError, "no parameter with requires_grad=True"),
+])
+def test_empirical_ntk_rejects_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call(NTKMLP(5, [4], dtype=F64), torch.randn(3, 5, dtype=F64))
+
+
+
+def test_flop_model_and_timer():
+    # Two-layer scalar network: 4 n² m + 2 n² d for the products, plus the passes.
+    d, m, n = 7, 30, 11
+    assert dense_ntk_flops([d, m, 1], n, n, "structured") == 2 * n * n * (m + d + m) + 2 * 2 * n * (d * m + m)
+    assert dense_ntk_flops([d, m, 1], n, n, "jacobian") > dense_ntk_flops([d, m, 1], n, n, "structured")
+    with pytest.raises(ValueError, match="layer_widths must be"):
+        dense_ntk_flops([3, 4], 2, 2, "structured")
+    assert time_call(lambda: sum(range(100)), repeats=2) > 0
+
+
+
+def test_closed_form_is_refused_where_it_would_be_wrong():
+    """Tied layers, parametrized weights and subclasses with their own forward get the Jacobian method."""
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    shared = nn.Linear(4, 4)
+    tied = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 1)).double()
+    parametrized = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+
+    class Doubled(nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    parametrize.register_parametrization(parametrized[0], "weight", Doubled())
+
+    class ScaledLinear(nn.Linear):
+        def forward(self, x):
+            return 3 * super().forward(x)
+
+    subclass = nn.Sequential(ScaledLinear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    x = torch.randn(5, 3, generator=gen(0), dtype=F64)
+    for model in (tied, parametrized, subclass):
+        assert not structured_ntk_supported(model)
+        expected = per_example_gradient_gram(model, x, x)[:, :, 0, 0]
+        torch.testing.assert_close(empirical_ntk(model, x), expected, rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="needs a fully connected ReLU network"):
+            empirical_ntk(model, x, method="structured")
+
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NTKMLP(4, [32], bias_variance=0.5, generator=gen(0), dtype=F64),
+    lambda: NTKMLP(4, [16, 16], 3, bias_variance=0.5, generator=gen(1), dtype=F64),
+    lambda: MLP(4, (8, 8), 1, generator=gen(2)).double(),
+])
+def test_antisymmetric_pair_starts_at_zero_with_the_same_kernel(make):
+    module = make()
+    pair = AntisymmetricPair(module)
+    x = torch.randn(10, 4, generator=gen(3), dtype=F64)
+    assert torch.equal(pair(x), torch.zeros_like(pair(x)))  # exactly zero, not approximately
+    # Jacobian method for the pair, closed form for the module: two independent computations.
+    torch.testing.assert_close(empirical_ntk(pair, x, method="jacobian"), empirical_ntk(module, x), rtol=1e-12,
+                               atol=1e-12)
+    # The copies are independent parameters: moving one of them moves the output away from zero.
+    pair.first.net[0].weight.data.add_(0.1)
+    assert float(pair(x).detach().abs().max()) > 0
+
+
+
+def test_two_layer_pair_is_a_network_with_duplicated_units():
+    """For one hidden layer, the pair of width m/2 equals a width-m network whose second half copies the first."""
+    half = NTKMLP(3, [10], generator=gen(0), dtype=F64)
+    pair = AntisymmetricPair(half)
+    full = NTKMLP(3, [20], generator=gen(1), dtype=F64)
+    with torch.no_grad():
+        full.net[0].weight.copy_(torch.cat([half.net[0].weight, half.net[0].weight]))
+        full.net[2].weight.copy_(torch.cat([half.net[2].weight, -half.net[2].weight], 1))
+    x = torch.randn(6, 3, generator=gen(2), dtype=F64)
+    torch.testing.assert_close(empirical_ntk(pair, x), empirical_ntk(full, x), rtol=1e-12, atol=1e-12)
+
