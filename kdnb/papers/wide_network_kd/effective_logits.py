@@ -178,7 +178,9 @@ def root_residual(
     .. math:: g(z) = \rho \frac{c_T}{T}\left[\sigma(z/T) - \sigma(z_t/T)\right] + (1-\rho)\left[\sigma(z) - y_g\right],
 
     the derivative of the per-example distillation loss with respect to the student's logit (Ji & Zhu 2020). It is 0
-    exactly at :func:`effective_student_logits`; use it to check a solution.
+    exactly at :func:`effective_student_logits`; use it to check a solution. It is evaluated with plain sigmoids,
+    not with the solver's tail-stable differences, so that it is an independent check of the solver (for
+    :math:`|z|/T` beyond about 30 its rounding error grows; compare residuals there with care).
 
     Parameters
     ----------
@@ -214,9 +216,12 @@ def root_residual(
     if z.shape != expected:
         raise ValueError(f"student_logits must have shape {tuple(expected)}, got {tuple(z.shape)}")
     c_t = temperature**2 if t2_scaling else 1.0
-    if scalar:
-        return _root_function(z, z_t, y, float(rhos[0]), temperature, c_t)
-    return _root_function(z, z_t[..., None], y[..., None], rhos.to(z.device), temperature, c_t)
+    if not scalar:
+        z_t, y, rhos = z_t[..., None], y[..., None], rhos.to(z.device)
+    r = float(rhos[0]) if scalar else rhos
+    # Plain sigmoids, not the solver's tail-stable differences: an independent evaluation checks the solver.
+    return r * c_t / temperature * (torch.sigmoid(z / temperature) - torch.sigmoid(z_t / temperature)) \
+        + (1 - r) * (torch.sigmoid(z) - y)
 
 
 def effective_logits_hard_derivative(
