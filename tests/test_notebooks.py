@@ -1,9 +1,14 @@
-"""The chapters as notebooks: structure, stored without outputs, smoke runs with papermill, bad parameters.
+"""The chapters as notebooks: structure, stored without outputs, smoke runs with papermill, parameters.
+
+Each chapter's setup cell declares its parameters (``PARAMETERS``, see :mod:`kdnb.core.parameters`); the bad values
+tested here are generated from those declarations, most of them checked in process, one per chapter through papermill.
 
 (nbval runs over notebooks/ as part of the same pytest session: see `addopts` in pyproject.toml.)
 """
 
+import ast
 import json
+import math
 import re
 import subprocess
 import sys
@@ -12,6 +17,9 @@ from pathlib import Path
 import papermill as pm
 import pytest
 import yaml
+
+from kdnb.core import parameters
+from kdnb.core.parameters import Boolean, Choice, Integer, Real
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -85,28 +93,230 @@ def test_smoke_profile_runs_with_injected_parameters(path, tmp_path, monkeypatch
     assert measured(again) == measured(saved)
 
 
-@pytest.mark.notebooks
-@pytest.mark.parametrize("chapter, parameters, message", [
-    ("01_distillation_basics", dict(profile="huge"), r"profile must be one of \('smoke', 'default', 'full'\), got 'huge'"),
-    ("01_distillation_basics", dict(profile="smoke", rho=1.5), r"rho must be in \[0, 1\], got 1.5"),
-    ("01_distillation_basics", dict(profile="smoke", temperature=-2.0), r"temperature must be a finite number > 0"),
-    ("02_ntk_linearization", dict(profile="smoke", steps=0), r"steps must be >= 1, got 0"),
-    ("02_ntk_linearization", dict(profile="smoke", t2_scaling="yes"), r"t2_scaling must be True or False"),
-    ("03_transfer_risk_bound", dict(profile="smoke", rhos=[0.0, 1.0]), r"rhos must be in \(0, 1\]: rho = 0"),
-    ("03_transfer_risk_bound", dict(profile="smoke", rhos=[0.1, 0.5]), r"rhos must contain 1.0"),
-    ("03_transfer_risk_bound", dict(profile="smoke", n_oracle=100), r"n_oracle must be larger than the largest n"),
-    ("04_data_inefficiency", dict(profile="smoke", taus=[30.0, 3.0]), r"taus must be at least two increasing"),
-    ("04_data_inefficiency", dict(profile="smoke", temperature=0), r"temperature must be a finite number > 0"),
-    ("05_imperfect_teacher", dict(profile="smoke", repeats=0), r"repeats must be >= 1, got 0"),
-    ("05_imperfect_teacher", dict(profile="smoke", t2_scaling=1), r"t2_scaling must be True or False"),
-])
-def test_bad_parameter_fails_the_first_cell_and_names_it(chapter, parameters, message, tmp_path, monkeypatch):
-    path = ROOT / "notebooks" / f"{chapter}.ipynb"
-    with pytest.raises(pm.PapermillExecutionError) as info:
-        execute(path, tmp_path, monkeypatch, **parameters)
-    assert re.search(message, str(info.value))
-    nb = json.loads((tmp_path / path.name).read_text())
+# --- Parameters: declared once in each setup cell; the bad values below are generated from the declarations ---------
+
+def declarations(path):
+    """The parameters cell's defaults, and SETTINGS and PARAMETERS evaluated from the setup cell (its assignments that
+    come before ``run = kdnb.start_chapter(...)``, in the namespace of kdnb.core.parameters)."""
+    cells = code_cells(path)
+    defaults = {}
+    exec(source(cells[0]), {}, defaults)
+    namespace = dict(vars(parameters))
+    for node in ast.parse(source(cells[1])).body:
+        targets = {t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)}
+        if "run" in targets:
+            break
+        if isinstance(node, ast.Assign) and targets:
+            try:
+                exec(compile(ast.Module([node], type_ignores=[]), path.name, "exec"), namespace)
+            except NameError:  # an assignment that needs the cell's imports; SETTINGS and PARAMETERS must not
+                assert not targets & {"SETTINGS", "PARAMETERS"}, f"{path.name}: SETTINGS and PARAMETERS must be literal"
+    return defaults, namespace["SETTINGS"], namespace["PARAMETERS"]
+
+
+def good_values(spec, count=1):
+    """``count`` strictly increasing values that ``spec`` accepts (for a Sequence: ``count`` lists)."""
+    if isinstance(spec, Integer):
+        start = spec.minimum if spec.minimum is not None else (spec.maximum - count + 1 if spec.maximum is not None else 1)
+        return list(range(start, start + count))
+    if isinstance(spec, Real):
+        low = spec.low if spec.low is not None else (spec.high - 2.0 if spec.high is not None else 0.0)
+        high = spec.high if spec.high is not None else low + 2.0
+        return [low + (high - low) * (i + 1) / (count + 1) for i in range(count)]
+    if isinstance(spec, Boolean):
+        return [False, True][:count]
+    if isinstance(spec, Choice):
+        return list(spec.values[:count])
+    if isinstance(spec, parameters.Sequence):
+        length = max(spec.min_length, 1)
+        elements = good_values(spec.of, length) if spec.of is not None else list(range(length))
+        return [elements] * count
+    raise TypeError(f"no good values for {spec!r}")
+
+
+def bad_values(spec):
+    """(what, value, error type) for values that ``spec`` must refuse, derived from its declaration."""
+    wrong_type = [("a bool", True), ("a string", "1"), ("None", None)]
+    if isinstance(spec, Integer):
+        near = good_values(spec)[0]
+        yield from ((what, value, TypeError) for what, value in [*wrong_type, ("a list", [near])])
+        yield "a non-integral float", near + 0.5, TypeError
+        if spec.minimum is not None:
+            yield "below the minimum", spec.minimum - 1, ValueError
+        if spec.maximum is not None:
+            yield "above the maximum", spec.maximum + 1, ValueError
+    elif isinstance(spec, Real):
+        yield from ((what, value, TypeError) for what, value in [*wrong_type, ("a list", good_values(spec))])
+        yield "NaN", math.nan, ValueError
+        if spec.finite:
+            yield "infinite", math.inf if spec.high is None else -math.inf, ValueError
+        if spec.low is not None:
+            yield "below the low end", spec.low if spec.low_open else spec.low - 0.5, ValueError
+        if spec.high is not None:
+            yield "above the high end", spec.high if spec.high_open else spec.high + 0.5, ValueError
+    elif isinstance(spec, Boolean):
+        yield from (("a non-bool " + what, value, TypeError) for what, value in [("1", 1), ("0", 0), ("string", "yes"),
+                                                                                 ("None", None)])
+    elif isinstance(spec, Choice):
+        yield "outside the choices", "not-a-choice", ValueError
+    elif isinstance(spec, parameters.Sequence):
+        good = good_values(spec)[0]
+        yield "a bare number", good[0], TypeError
+        yield "a string", "0.5", TypeError
+        yield "None", None, TypeError
+        if spec.min_length > 0:
+            yield "too short", good[:spec.min_length - 1], ValueError
+        if spec.increasing and len(good) > 1:
+            yield "not increasing", good[::-1], ValueError
+        if spec.unique or spec.increasing:
+            yield "a repeated element", [good[0], *good], ValueError
+        if spec.of is not None:
+            for what, value, error in bad_values(spec.of):
+                yield f"an element {what}", [*good[:-1], value] if len(good) > 1 else [value], error
+    else:
+        raise TypeError(f"no bad values for {spec!r}")
+    for i, rule in enumerate(spec.rules):
+        yield f"breaking rule {i}", rule.counterexample, ValueError
+
+
+def bad_cases(path):
+    """(name, what, value, error type) for every declared parameter; None is bad only where no profile has a value."""
+    _, table, declared = declarations(path)
+    return [(name, what, value, error) for name, spec in declared.items() for what, value, error in bad_values(spec)
+            if not (value is None and all(name in row for row in table.values()))]
+
+
+def as_overrides(defaults, declared, **changes):
+    """The keyword arguments of the setup cell's run.settings call, with the parameters cell's defaults."""
+    return {name: changes.get(name, defaults[name]) for name in declared}
+
+
+CASES = [pytest.param(path, *case, id=f"{path.stem}-{case[0]}-{case[1]}") for path in NOTEBOOKS for case in bad_cases(path)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameters_declared_once_and_passed_in_one_call(path):
+    defaults, table, declared = declarations(path)
+    assert set(declared) == set(defaults) - {"profile", "seed"}, \
+        "PARAMETERS declares every parameter of the first cell (profile and seed are start_chapter's)"
+    calls = [node for node in ast.walk(ast.parse(source(code_cells(path)[1])))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "settings"]
+    assert len(calls) == 1, "the setup cell resolves the parameters in one run.settings call"
+    (call,) = calls
+    assert [ast.unparse(a) for a in call.args] == ["SETTINGS", "PARAMETERS"]
+    assert {k.arg: ast.unparse(k.value) for k in call.keywords} == {name: name for name in declared}
+    for rule in (r for spec in declared.values() for r in spec.rules):
+        assert rule.counterexample is not None, "every rule declares a counterexample (the tests below use it)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameters_at_their_defaults_leave_every_profile_row_unchanged(path):
+    """With the first cell's defaults, resolving changes no value and no type of any profile's settings."""
+    defaults, table, declared = declarations(path)
+    for profile, row in table.items():
+        resolved = parameters.resolve(row, declared, **as_overrides(defaults, declared))
+        expected = {**row, **{name: defaults[name] for name in declared if name not in row}}
+        assert resolved == expected, profile
+        assert [type(resolved[k]) for k in expected] == [type(v) for v in expected.values()], profile
+        for key in row:
+            if isinstance(row[key], list):
+                assert [type(v) for v in resolved[key]] == [type(v) for v in row[key]], (profile, key)
+
+
+@pytest.mark.parametrize("path, name, what, value, error", CASES)
+def test_bad_parameter_is_refused_with_its_name_in_process(path, name, what, value, error):
+    defaults, table, declared = declarations(path)
+    for profile, row in table.items():
+        with pytest.raises(error) as info:
+            parameters.resolve(row, declared, **as_overrides(defaults, declared, **{name: value}))
+        message = str(info.value)
+        assert re.match(rf"{name}(?!\w)", message), f"{profile}: the message must start with {name!r}: {message}"
+    if not what.startswith("breaking rule"):  # refused by the declaration itself, not by a rule further on
+        with pytest.raises(error):
+            declared[name].convert(value, name)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameter_rules_fire_on_their_counterexample_only(path):
+    """A rule's counterexample passes the declaration itself, and the rule (not an earlier check) refuses it."""
+    defaults, table, declared = declarations(path)
+    for name, spec in declared.items():
+        for rule in spec.rules:
+            converted = spec.convert(rule.counterexample, name)
+            for row in table.values():
+                settings = parameters.resolve(row, declared, **as_overrides(defaults, declared))
+                assert rule.check(settings[name], settings), "the rule holds for the profile's own value"
+                assert not rule.check(converted, {**settings, name: converted}), "the counterexample breaks the rule"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameter_int_valued_floats_become_ints(path):
+    defaults, table, declared = declarations(path)
+    integers = [name for name, spec in declared.items() if isinstance(spec, Integer)]
+    for name in integers:
+        for row in table.values():
+            candidates = [float(row[name])] if name in row else []
+            if not declared[name].rules and (declared[name].minimum is None or declared[name].minimum <= 2):
+                candidates.append(2.0)
+            for value in candidates:
+                out = parameters.resolve(row, declared, **as_overrides(defaults, declared, **{name: value}))[name]
+                assert out == int(value) and type(out) is int
+
+
+def first_failing_cell(nb):
     cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
     injected = next(i for i, c in enumerate(cells) if "injected-parameters" in c["metadata"].get("tags", []))
     failed = next(i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
+    return injected, failed
+
+
+def papermill_case(path):
+    """One generated bad value per chapter (the middle of its list, so the chapters exercise different kinds) that
+    papermill can write into the notebook."""
+    cases = [c for c in bad_cases(path) if isinstance(c[2], (str, int, float, bool, list, type(None)))]
+    name, what, value, error = cases[len(cases) // 2]
+    return pytest.param(path, {name: value}, rf"{error.__name__}: {name}(?!\w)", id=f"{path.stem}-{name}-{what}")
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path, parameters_, message", [
+    *[papermill_case(path) for path in NOTEBOOKS],
+    pytest.param(ROOT / "notebooks" / "01_distillation_basics.ipynb", dict(profile="huge"),
+                 r"profile must be one of \('smoke', 'default', 'full'\), got 'huge'", id="01_distillation_basics-profile"),
+])
+def test_bad_parameter_fails_the_first_cell_and_names_it(path, parameters_, message, tmp_path, monkeypatch):
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        execute(path, tmp_path, monkeypatch, **{"profile": "smoke", **parameters_})
+    assert re.search(message, str(info.value)), str(info.value)[-2000:]
+    injected, failed = first_failing_cell(json.loads((tmp_path / path.name).read_text()))
     assert failed == injected + 1, "the first cell after the parameters must be the one that fails"
+
+
+PROBE = """assert type(P["repeats"]) is int and P["repeats"] == 2, repr(P["repeats"])
+print("repeats resolved to", repr(P["repeats"]))"""
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "repeats" in declarations(p)[2]],
+                         ids=[p.stem for p in NOTEBOOKS if "repeats" in declarations(p)[2]])
+def test_parameter_repeats_given_as_float_is_accepted_as_int(path, tmp_path, monkeypatch):
+    """papermill's ``-p repeats 2.0`` reaches the chapter as a float; its setup cell must turn it into the int 2.
+    Only the parameters and setup cells run (then a probe), which is what decides."""
+    nb = json.loads(path.read_text())
+    cells = code_cells(path)[:2] + [dict(id="probe", cell_type="code", metadata={}, source=PROBE, outputs=[],
+                                              execution_count=None)]
+    nb["cells"] = cells
+    truncated = tmp_path / "setup" / path.name
+    truncated.parent.mkdir(parents=True)
+    truncated.write_text(json.dumps(nb))
+    tmp_path.joinpath("out").mkdir()
+    monkeypatch.setenv("KDNB_CLAIMS_DIR", str(tmp_path / "claims"))
+    monkeypatch.delenv("KDNB_PROFILE", raising=False)
+    out = tmp_path / "out" / path.name
+    pm.execute_notebook(str(truncated), str(out), parameters=dict(profile="smoke", repeats=2.0), cwd=str(path.parent),
+                        kernel_name="python3", progress_bar=False)
+    done = json.loads(out.read_text())["cells"]
+    injected = next(c for c in done if "injected-parameters" in c["metadata"].get("tags", []))
+    assert "repeats = 2.0" in source(injected)
+    printed = "".join("".join(o.get("text", "")) for o in done[-1].get("outputs", []))
+    assert "repeats resolved to 2" in printed

@@ -8,9 +8,10 @@ term, so :math:`\rho = 1` is pure distillation and :math:`\rho = 0` is ordinary 
     \ell = \rho \, c_T \, \mathrm{KL}\!\left(p_T(z_t) \,\|\, p_T(z_s)\right) + (1 - \rho)\, \mathrm{CE}\!\left(y, p_1(z_s)\right),
     \qquad p_T(z) = \mathrm{softmax}(z / T),
 
-with :math:`c_T = T^2` when ``t2_scaling=True`` (Hinton's choice, default here: it keeps the soft term's gradient of order
-one as T grows, since that gradient is :math:`(c_T/T)(p_T(z_s) - p_T(z_t))`) and :math:`c_T = 1` otherwise (the "plain"
-convention). The binary losses use one logit per example and the sigmoid in place of the softmax.
+with :math:`c_T = T^2` when ``t2_scaling=True`` (Hinton's choice; every ``t2_scaling`` in kdnb has default True:
+Hinton et al. 2015. It keeps the soft term's gradient of order one as T grows, since that gradient is
+:math:`(c_T/T)(p_T(z_s) - p_T(z_t))`) and :math:`c_T = 1` otherwise (the "plain" convention). The binary losses use
+one logit per example and the sigmoid in place of the softmax.
 
 The KL divergence equals the cross-entropy :math:`H(p_T(z_t), p_T(z_s))` minus the teacher's entropy, which does not
 depend on the student, so both give the same gradients; KL is reported because it is zero when the student matches.
@@ -36,7 +37,32 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Softened class probabilities :math:`\\mathrm{softmax}(z/T)` along the last axis."""
+    r"""Return the softened class probabilities :math:`\mathrm{softmax}(z/T)` along the last axis.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Shape (..., C): floating point, finite entries; classes along the last axis.
+    temperature : float
+        T > 0 (finite); T = 1 is the ordinary softmax, larger T gives softer probabilities [1]_.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, dtype and device as ``logits``; each row along the last axis sums to 1.
+
+    Raises
+    ------
+    TypeError
+        If ``logits`` is not a floating-point ``torch.Tensor`` or ``temperature`` is not a real number.
+    ValueError
+        If ``logits`` has a NaN or inf entry, or ``temperature`` is not finite and > 0.
+
+    References
+    ----------
+    .. [1] G. Hinton, O. Vinyals and J. Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep
+       Learning Workshop, arXiv:1503.02531 (2015).
+    """
     temperature = check_temperature(temperature)
     check_finite_tensor(logits, "logits")
     return torch.softmax(logits / temperature, dim=-1)
@@ -104,17 +130,51 @@ def kd_loss(
 ) -> torch.Tensor:
     r"""Multi-class Hinton KD loss :math:`\rho c_T \mathrm{KL}(p_T(z_t)\|p_T(z_s)) + (1-\rho)\mathrm{CE}(y, p_1(z_s))`.
 
+    Here :math:`p_T(z) = \mathrm{softmax}(z / T)` and :math:`c_T = T^2` with ``t2_scaling`` (else 1), as in the
+    module docstring [1]_.
+
     Parameters
     ----------
-    student_logits, teacher_logits : (N, C) float tensors of the same shape, dtype and device.
-    labels : (N,) int64 class indices in [0, C); required unless ``rho == 1``.
-    rho : soft ratio in [0, 1] (1 = pure distillation, 0 = labels only).
-    temperature : T > 0, applied to both teacher and student in the soft term only.
-    t2_scaling : multiply the soft term by :math:`T^2` (Hinton et al. 2015). Default True.
-    labelled : optional (N,) bool mask; the hard term uses only the examples where it is True (a transfer set mixes
+    student_logits, teacher_logits : torch.Tensor
+        Shape (N, C) with C >= 2: floating point, finite, of the same shape, dtype and device.
+    labels : torch.Tensor or None, default None
+        Shape (N,): integer class indices (int64, int32, int16 or uint8) in [0, C); required unless ``rho == 1``
+        (ignored then). Entries where ``labelled`` is False may hold any placeholder.
+    rho : float
+        Soft ratio in [0, 1] (1 = pure distillation, 0 = labels only); keyword-only.
+    temperature : float
+        T > 0 (finite), applied to both teacher and student in the soft term only; keyword-only.
+    t2_scaling : bool, default True
+        Multiply the soft term by :math:`T^2` (default True: Hinton et al. 2015 [1]_), which keeps its gradient of
+        order one as T grows; False gives :math:`c_T = 1` (the "plain" convention).
+    labelled : torch.Tensor or None, default None
+        Optional (N,) bool mask; the hard term uses only the examples where it is True (a transfer set mixes
         labelled and unlabelled inputs). With ``reduction="mean"`` the hard term is averaged over the labelled examples
-        and the soft term over all of them.
-    reduction : ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-example values).
+        and the soft term over all of them (with no labelled example the hard term is 0). ``None`` uses every example.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-example values).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss: a 0-D tensor for ``"mean"`` and ``"sum"``, shape (N,) for ``"none"``; same dtype and device as the
+        logits.
+
+    Raises
+    ------
+    TypeError
+        If a logit tensor is not a floating-point ``torch.Tensor``, the two logit tensors differ in dtype, ``rho`` or
+        ``temperature`` is not a real number, ``labels`` is not an integer ``torch.Tensor``, or ``labelled`` is not a
+        ``torch.bool`` tensor.
+    ValueError
+        If the logits have a NaN or inf entry, differ in shape or device, or are not (N, C) with C >= 2; if ``rho`` is
+        outside [0, 1], ``temperature`` is not finite and > 0, or ``reduction`` is not one of the three; if ``labels``
+        is missing while ``rho < 1``, is not (N,) or has a class outside [0, C); if ``labelled`` is not (N,).
+
+    References
+    ----------
+    .. [1] G. Hinton, O. Vinyals and J. Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep
+       Learning Workshop, arXiv:1503.02531 (2015).
     """
     rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, reduction)
     if student_logits.ndim != 2 or student_logits.shape[1] < 2:
@@ -167,7 +227,42 @@ def kd_loss_gradient(
     .. math:: \partial \ell / \partial z_s = \rho \frac{c_T}{T}\left(p_T(z_s) - p_T(z_t)\right)
               + (1-\rho)\left(p_1(z_s) - e_y\right)
 
-    (no averaging over the batch: row i is the gradient of example i's loss).
+    (no averaging over the batch: row i is the gradient of example i's loss). With ``t2_scaling`` the soft term's
+    factor :math:`c_T/T = T` [1]_.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : torch.Tensor
+        Shape (N, C) with C >= 2: floating point, finite, of the same shape, dtype and device.
+    labels : torch.Tensor or None, default None
+        Shape (N,): integer class indices (int64, int32, int16 or uint8) in [0, C); required unless ``rho == 1``
+        (ignored then).
+    rho : float
+        Soft ratio in [0, 1] (1 = pure distillation, 0 = labels only); keyword-only.
+    temperature : float
+        T > 0 (finite), applied to both teacher and student in the soft term only; keyword-only.
+    t2_scaling : bool, default True
+        Multiply the soft term by :math:`T^2` (default True: Hinton et al. 2015 [1]_); False gives :math:`c_T = 1`.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (N, C), same dtype and device as the logits: row i is the gradient of example i's loss.
+
+    Raises
+    ------
+    TypeError
+        If a logit tensor is not a floating-point ``torch.Tensor``, the two logit tensors differ in dtype, ``rho`` or
+        ``temperature`` is not a real number, or ``labels`` is not an integer ``torch.Tensor``.
+    ValueError
+        If the logits have a NaN or inf entry, differ in shape or device, or are not (N, C) with C >= 2; if ``rho`` is
+        outside [0, 1] or ``temperature`` is not finite and > 0; if ``labels`` is missing while ``rho < 1``, is not
+        (N,) or has a class outside [0, C).
+
+    References
+    ----------
+    .. [1] G. Hinton, O. Vinyals and J. Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep
+       Learning Workshop, arXiv:1503.02531 (2015).
     """
     rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, "none")
     if student_logits.ndim != 2 or student_logits.shape[1] < 2:
@@ -214,8 +309,53 @@ def binary_kd_loss(
     .. math:: \ell = \rho\, c_T\, \mathrm{KL}\!\left(\sigma(z_t/T) \,\|\, \sigma(z_s/T)\right)
               + (1-\rho)\, H\!\left(y, \sigma(z_s)\right)
 
-    with Bernoulli KL and binary cross-entropy ``H``. ``labels`` are floats in [0, 1]. Other arguments as in
+    with Bernoulli KL and binary cross-entropy ``H`` [2]_. ``labels`` are floats in [0, 1]. Other arguments as in
     :func:`kd_loss`. The log-probabilities are :math:`\log\sigma(a) = -\mathrm{softplus}(-a)`, which is stable.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : torch.Tensor
+        Shape (N,), one logit per example: floating point, finite, of the same shape, dtype and device.
+    labels : torch.Tensor or None, default None
+        Shape (N,): floating-point, finite probabilities of the positive class in [0, 1] (every entry, also those
+        masked out by ``labelled``); required unless ``rho == 1`` (ignored then). Cast to the logits' dtype.
+    rho : float
+        Soft ratio in [0, 1] (1 = pure distillation, 0 = labels only); keyword-only.
+    temperature : float
+        T > 0 (finite), applied to both teacher and student in the soft term only; keyword-only.
+    t2_scaling : bool, default True
+        Multiply the soft term by :math:`T^2` (default True: Hinton et al. 2015 [1]_); False gives :math:`c_T = 1`.
+    labelled : torch.Tensor or None, default None
+        Optional (N,) bool mask; the hard term uses only the examples where it is True. With ``reduction="mean"``
+        the hard term is averaged over the labelled examples and the soft term over all of them (with no labelled
+        example the hard term is 0). ``None`` uses every example.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-example values).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss: a 0-D tensor for ``"mean"`` and ``"sum"``, shape (N,) for ``"none"``; same dtype and device as the
+        logits.
+
+    Raises
+    ------
+    TypeError
+        If a logit tensor is not a floating-point ``torch.Tensor``, the two logit tensors differ in dtype, ``rho`` or
+        ``temperature`` is not a real number, ``labels`` is not a floating-point ``torch.Tensor``, or ``labelled`` is
+        not a ``torch.bool`` tensor.
+    ValueError
+        If the logits have a NaN or inf entry, differ in shape or device, or are not 1-D; if ``rho`` is outside
+        [0, 1] or ``temperature`` is not finite and > 0; if ``labels`` is missing while ``rho < 1``, is not (N,), has
+        a NaN or inf entry or a value outside [0, 1]; if ``reduction`` is not one of the three or ``labelled`` is not
+        (N,).
+
+    References
+    ----------
+    .. [1] G. Hinton, O. Vinyals and J. Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep
+       Learning Workshop, arXiv:1503.02531 (2015).
+    .. [2] G. Ji and Z. Zhu, "Knowledge Distillation in Wide Neural Networks: Risk Bound, Data Efficiency and
+       Imperfect Teacher", Advances in Neural Information Processing Systems 33 (2020), arXiv:2010.10090.
     """
     rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, reduction)
     labels = _check_binary(student_logits, labels, rho)
@@ -242,10 +382,49 @@ def binary_kd_loss_gradient(
     temperature: float,
     t2_scaling: bool = True,
 ) -> torch.Tensor:
-    r"""Closed-form per-example gradient of :func:`binary_kd_loss`:
+    r"""Closed-form per-example gradient of :func:`binary_kd_loss` with respect to the student logits.
 
     .. math:: \partial\ell/\partial z_s = \rho \frac{c_T}{T}\left[\sigma(z_s/T) - \sigma(z_t/T)\right]
               + (1-\rho)\left[\sigma(z_s) - y\right]
+
+    (no averaging over the batch: entry i is the derivative of example i's loss), in the one-logit setting of
+    Ji & Zhu 2020 [2]_.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : torch.Tensor
+        Shape (N,), one logit per example: floating point, finite, of the same shape, dtype and device.
+    labels : torch.Tensor or None, default None
+        Shape (N,): floating-point, finite probabilities of the positive class in [0, 1]; required unless ``rho == 1``
+        (ignored then). Cast to the logits' dtype.
+    rho : float
+        Soft ratio in [0, 1] (1 = pure distillation, 0 = labels only); keyword-only.
+    temperature : float
+        T > 0 (finite), applied to both teacher and student in the soft term only; keyword-only.
+    t2_scaling : bool, default True
+        Multiply the soft term by :math:`T^2` (default True: Hinton et al. 2015 [1]_); False gives :math:`c_T = 1`.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (N,), same dtype and device as the logits: entry i is the derivative of example i's loss.
+
+    Raises
+    ------
+    TypeError
+        If a logit tensor is not a floating-point ``torch.Tensor``, the two logit tensors differ in dtype, ``rho`` or
+        ``temperature`` is not a real number, or ``labels`` is not a floating-point ``torch.Tensor``.
+    ValueError
+        If the logits have a NaN or inf entry, differ in shape or device, or are not 1-D; if ``rho`` is outside
+        [0, 1] or ``temperature`` is not finite and > 0; if ``labels`` is missing while ``rho < 1``, is not (N,), has
+        a NaN or inf entry or a value outside [0, 1].
+
+    References
+    ----------
+    .. [1] G. Hinton, O. Vinyals and J. Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep
+       Learning Workshop, arXiv:1503.02531 (2015).
+    .. [2] G. Ji and Z. Zhu, "Knowledge Distillation in Wide Neural Networks: Risk Bound, Data Efficiency and
+       Imperfect Teacher", Advances in Neural Information Processing Systems 33 (2020), arXiv:2010.10090.
     """
     rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, "none")
     labels = _check_binary(student_logits, labels, rho)

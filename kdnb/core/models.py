@@ -4,7 +4,9 @@ r"""Models: a fully connected MLP and a small CNN for 8x8 digits, and the wide n
 parameterisation. :class:`NTKMLP` is a ReLU network in the *NTK* parameterisation (Jacot et al. 2018), whose
 infinite-width kernels are :func:`kdnb.kernels.analytic.relu_ntk` and :func:`kdnb.kernels.analytic.relu_nngp`; :class:`AntisymmetricPair` is the
 "doubling" construction that makes a network's initial output exactly zero. Every model draws its initial weights from
-an explicit ``generator`` when one is given, so that a model's weights depend on its seed only.
+an explicit ``generator`` when one is given, so that a model's weights depend on its seed only; new models do the same
+with :func:`initialize_from`. :class:`FeatureTaps` returns named intermediate outputs of any model (feature maps for
+feature-based distillation) without changing its ``forward``.
 """
 
 from __future__ import annotations
@@ -19,30 +21,124 @@ from torch import nn
 
 from .validation import check_choice, check_positive_int, check_variance
 
-__all__ = ["MLP", "AntisymmetricPair", "DigitsCNN", "NTKLinear", "NTKMLP", "count_parameters"]
+__all__ = [
+    "MLP",
+    "AntisymmetricPair",
+    "DigitsCNN",
+    "FeatureTaps",
+    "NTKLinear",
+    "NTKMLP",
+    "count_parameters",
+    "initialize_from",
+]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
-def _init_from(module: nn.Module, generator: torch.Generator | None) -> None:
-    """Re-draw every parameter from ``generator`` with the same law as PyTorch's default init."""
-    if generator is None:
-        return
+# Layers whose default initialisation is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+SEEDED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# Layers whose default initialisation draws nothing (ones, zeros or a constant), so it needs no generator.
+CONSTANT_INIT_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                        nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+
+
+def initialize_from(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    r"""Re-draw the parameters of every linear and convolutional layer of ``module`` from ``generator``, with the law
+    of PyTorch's default initialisation.
+
+    Each weight and then its bias is drawn from :math:`U(-b, b)`, :math:`b = 1/\sqrt{\mathrm{fan_{in}}}`, layer by
+    layer in the order of ``module.modules()``. That is PyTorch's default law: ``kaiming_uniform_(a=sqrt(5))`` gives the
+    weight bound :math:`\sqrt 3 \cdot \sqrt{2/(1+5)}/\sqrt{\mathrm{fan_{in}}} = 1/\sqrt{\mathrm{fan_{in}}}`, and the
+    bias uses the same bound. The fan-in is PyTorch's, ``weight.size(1)`` times the kernel size, which is
+    ``weight[0].numel()``: for :class:`~torch.nn.Linear` (out, in) it is ``in``; for ``Conv*d`` (out, in/groups,
+    k...) it is in/groups times the kernel size; for ``ConvTranspose*d``, whose weight is laid out (in, out/groups,
+    k...), it is out/groups times the kernel size. Normalisation layers and :class:`~torch.nn.PReLU` keep their
+    constant initial values. Any other module holding parameters of its own is refused, since its values would
+    otherwise come from the global random state.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model, changed in place. Supported layers: ``Linear``, ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``
+        (re-drawn); ``BatchNorm``, ``InstanceNorm``, ``LayerNorm``, ``GroupNorm``, ``PReLU`` (left as they are).
+    generator : torch.Generator
+        Generator of the draws, on the parameters' device (a CPU generator for CPU parameters).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module`` itself.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a module, ``generator`` not a torch.Generator, or a submodule of another type holds
+        parameters of its own (the message names it).
+
+    References
+    ----------
+    He, K., Zhang, X., Ren, S. and Sun, J. (2015). Delving deep into rectifiers. ICCV 2015 (the Kaiming-uniform
+    law), with PyTorch's ``a = sqrt(5)`` default of ``reset_parameters``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    unknown = [f"{name or '(root)'} ({type(layer).__name__})" for name, layer in module.named_modules()
+               if not isinstance(layer, SEEDED_LAYERS + CONSTANT_INIT_LAYERS)
+               and next(layer.parameters(recurse=False), None) is not None]
+    if unknown:
+        raise TypeError(f"initialize_from cannot seed the parameters of {', '.join(unknown)}: it re-draws Linear, "
+                        "Conv and ConvTranspose layers and keeps normalisation layers and PReLU; initialise the "
+                        "others from the generator yourself")
     with torch.no_grad():
         for layer in module.modules():
-            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            if isinstance(layer, SEEDED_LAYERS):
+                if layer.weight.numel() == 0:
+                    continue  # nothing to draw; PyTorch's bias bound for fan_in = 0 is 0, and the bias is already 0
                 fan_in = layer.weight[0].numel()
                 bound = 1.0 / fan_in**0.5  # kaiming_uniform_(a=sqrt(5)) and the bias init both give 1/sqrt(fan_in)
                 layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=generator))
                 if layer.bias is not None:
                     layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
+    return module
+
+
+def _init_from(module: nn.Module, generator: torch.Generator | None) -> None:
+    """:func:`initialize_from` when a generator is given; PyTorch's own initialisation is kept otherwise."""
+    if generator is None:
+        return
+    initialize_from(module, generator)
 
 
 class MLP(nn.Module):
-    """``in_features -> hidden[0] -> ... -> hidden[-1] -> out_features`` with an activation between linear layers.
+    """A fully connected network ``in_features -> hidden[0] -> ... -> hidden[-1] -> out_features``.
 
-    ``out_features=1`` gives one logit per example, returned with shape (N,) (the binary convention of
-    :func:`kdnb.core.losses.binary_kd_loss`); otherwise logits have shape (N, out_features).
+    Linear layers (in ``self.net``, an :class:`~torch.nn.Sequential` whose modules are named ``"0"``, ``"1"``, ...)
+    alternate with the activation; there is none after the last. ``out_features=1`` gives one logit per example,
+    returned with shape (N,) (the binary convention of :func:`kdnb.core.losses.binary_kd_loss`); otherwise logits have
+    shape (N, out_features). Standard parameterisation with PyTorch's default initialisation law.
+
+    Parameters
+    ----------
+    in_features : int
+        Input dimension, >= 1.
+    hidden : sequence of int
+        Widths of the hidden layers, each >= 1; empty for a linear model.
+    out_features : int
+        Number of outputs, >= 1 (1 for a binary logit).
+    activation : {"relu", "tanh", "gelu"}, default "relu"
+        Nonlinearity between the linear layers.
+    generator : torch.Generator, optional
+        Generator of the initial weights (:func:`initialize_from`); ``None`` keeps PyTorch's draw from the global
+        random state.
+
+    Raises
+    ------
+    TypeError
+        If ``hidden`` is an int rather than a sequence.
+    ValueError
+        If a width is < 1 or ``activation`` is unknown.
     """
 
     def __init__(
@@ -71,6 +167,23 @@ class MLP(nn.Module):
         _init_from(self, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (N, in_features) inputs.
+
+        Returns
+        -------
+        torch.Tensor
+            (N, out_features) logits, or (N,) when ``out_features == 1``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` does not have shape (N, in_features).
+        """
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"MLP expects input of shape (N, {self.in_features}), got {tuple(x.shape)}")
         out = self.net(x)
@@ -78,9 +191,26 @@ class MLP(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """Two 3x3 convolutions (padding 1, ReLU, 2x2 max-pool after the second) and a linear head, for (N, 1, 8, 8) input.
+    """A small CNN for 8x8 digits: two 3x3 convolutions (padding 1, each followed by ReLU, a 2x2 max-pool after the
+    second) and a linear head.
 
-    Also accepts flat (N, 64) input, which it reshapes, so it is a drop-in replacement for an MLP on digits.
+    ``features`` is ``Sequential(conv, relu, conv, relu, maxpool)`` (modules ``"features.0"`` to ``"features.4"``,
+    the names :class:`FeatureTaps` takes) and ``head`` the linear layer. Accepts (N, 1, 8, 8) images and flat
+    (N, 64) input, which it reshapes, so it is a drop-in replacement for an MLP on digits.
+
+    Parameters
+    ----------
+    channels : sequence of two int, default (16, 32)
+        Output channels of the two convolutions, each >= 1.
+    n_classes : int, default 10
+        Number of logits, >= 2.
+    generator : torch.Generator, optional
+        Generator of the initial weights (:func:`initialize_from`); ``None`` keeps PyTorch's draw.
+
+    Raises
+    ------
+    ValueError
+        If ``channels`` does not have two entries, a channel count is < 1, or ``n_classes < 2``.
     """
 
     def __init__(self, channels: Sequence[int] = (16, 32), n_classes: int = 10, generator: torch.Generator | None = None):
@@ -98,6 +228,23 @@ class DigitsCNN(nn.Module):
         _init_from(self, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (N, 1, 8, 8) images or (N, 64) flattened images.
+
+        Returns
+        -------
+        torch.Tensor
+            (N, n_classes) logits.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has neither shape.
+        """
         if x.ndim == 2 and x.shape[1] == 64:
             x = x.reshape(-1, 1, 8, 8)
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
@@ -106,7 +253,18 @@ class DigitsCNN(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters (entries of the parameters with ``requires_grad``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module.
+
+    Returns
+    -------
+    int
+        The number of trainable scalar parameters.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -115,9 +273,33 @@ class NTKLinear(nn.Module):
 
     ``W`` and ``b`` are drawn from N(0, 1); the scale factors are constants of the layer, not parameters, so gradient
     descent on ``W`` and ``b`` moves the output at a rate independent of the width (Jacot et al. 2018). This is
-    neural-tangents' ``stax.Dense(parameterization="ntk")``. ``bias_variance = 0`` means no bias parameter at all.
-    ``normalize_input=False`` drops the :math:`1/\sqrt{n_\mathrm{in}}` (used for the first layer of the Jacot/Arora
-    convention, where the input is not divided by its dimension).
+    neural-tangents' ``stax.Dense(parameterization="ntk")``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Input and output dimensions, each >= 1.
+    weight_variance : float, default 1.0
+        :math:`\sigma_w^2 > 0`.
+    bias_variance : float, default 0.0
+        :math:`\sigma_b^2 \ge 0`; 0 means no bias parameter at all.
+    normalize_input : bool, default True
+        Divide by :math:`\sqrt{n_\mathrm{in}}`; False drops it (the first layer of the Jacot/Arora convention, where
+        the input is not divided by its dimension).
+    generator : torch.Generator, optional
+        Generator of the N(0, 1) draws (weight, then bias).
+    dtype : torch.dtype, default torch.float32
+        Dtype of the parameters.
+
+    Raises
+    ------
+    ValueError
+        If a dimension is < 1 or a variance is out of range.
+
+    References
+    ----------
+    Jacot, A., Gabriel, F. and Hongler, C. (2018). Neural tangent kernel: convergence and generalization in neural
+    networks. NeurIPS 2018.
     """
 
     def __init__(self, in_features: int, out_features: int, *, weight_variance: float = 1.0,
@@ -137,10 +319,29 @@ class NTKLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (N, in_features) inputs.
+
+        Returns
+        -------
+        torch.Tensor
+            (N, out_features) outputs.
+        """
         out = self.weight_scale * (x @ self.weight.T)
         return out if self.bias is None else out + self.bias_scale * self.bias
 
     def extra_repr(self) -> str:
+        """The layer's sizes and scale factors, for ``repr``.
+
+        Returns
+        -------
+        str
+            ``"in_features=..., out_features=..., weight_scale=..., bias_scale=..."``.
+        """
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"weight_scale={self.weight_scale:.4g}, bias_scale={self.bias_scale:.4g}")
 
@@ -159,9 +360,34 @@ class NTKMLP(nn.Module):
 
     Parameters
     ----------
-    hidden : widths of the L >= 1 hidden layers.
-    weight_variance, bias_variance : :math:`\sigma_w^2` and :math:`\sigma_b^2` of the hidden layers (bias 0: none).
-    readout_weight_variance, readout_bias_variance : those of the output layer; ``None`` takes the hidden values.
+    in_features : int
+        Input dimension, >= 1.
+    hidden : sequence of int
+        Widths of the L >= 1 hidden layers.
+    out_features : int, default 1
+        Number of outputs, >= 1.
+    weight_variance, bias_variance : float, default 1.0 and 0.0
+        :math:`\sigma_w^2 > 0` and :math:`\sigma_b^2 \ge 0` of the hidden layers (bias variance 0: no biases).
+    readout_weight_variance, readout_bias_variance : float, optional
+        Those of the output layer; ``None`` takes the hidden values.
+    normalize_input : bool, default False
+        Divide the first layer's pre-activation by :math:`\sqrt{n_0}` as well.
+    generator : torch.Generator, optional
+        Generator of the N(0, 1) parameters, drawn layer by layer.
+    dtype : torch.dtype, default torch.float32
+        Floating-point dtype of the parameters.
+
+    Raises
+    ------
+    TypeError
+        If ``hidden`` is not a sequence or ``dtype`` is not floating point.
+    ValueError
+        If ``hidden`` is empty or a width or variance is out of range.
+
+    References
+    ----------
+    Jacot, A., Gabriel, F. and Hongler, C. (2018). Neural tangent kernel: convergence and generalization in neural
+    networks. NeurIPS 2018.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int = 1, *,
@@ -203,6 +429,23 @@ class NTKMLP(nn.Module):
         self.in_features, self.out_features, self.hidden = in_features, out_features, tuple(hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (N, in_features) inputs.
+
+        Returns
+        -------
+        torch.Tensor
+            (N, out_features) outputs, or (N,) when ``out_features == 1``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` does not have shape (N, in_features).
+        """
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"NTKMLP expects input of shape (N, {self.in_features}), got {tuple(x.shape)}")
         out = self.net(x)
@@ -219,6 +462,20 @@ class AntisymmetricPair(nn.Module):
     2020). For a one-hidden-layer network of width m/2 the pair *is* a width-m network whose second half of hidden
     units copies the first with negated readout weights; its kernel fluctuates about :math:`\sqrt 2` times more than
     a freely drawn width-m network, since it has half as many independent units.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network g; it becomes ``first``, and a deep copy of it ``second``.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a torch.nn.Module.
+
+    References
+    ----------
+    Chizat, L., Oyallon, E. and Bach, F. (2019). On lazy training in differentiable programming. NeurIPS 2019.
     """
 
     def __init__(self, module: nn.Module):
@@ -229,4 +486,137 @@ class AntisymmetricPair(nn.Module):
         self.second = copy.deepcopy(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The pair's output :math:`(g(x; \theta_a) - g(x; \theta_b))/\sqrt 2`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            A batch in the input format of ``module``.
+
+        Returns
+        -------
+        torch.Tensor
+            Outputs of ``module``'s shape.
+        """
         return (self.first(x) - self.second(x)) / math.sqrt(2.0)
+
+
+class FeatureTaps(nn.Module):
+    """A model that also returns named intermediate outputs: ``FeatureTaps(model, names)(x)`` is
+    ``(model(x), {name: output of that submodule})``.
+
+    Forward hooks are registered on the named submodules for the duration of each call and removed afterwards, even
+    when the forward pass raises, so ``model`` itself is never changed and runs as before outside the call. The
+    features are the tensors the submodules return, in the autograd graph (so a loss on them trains the model) unless
+    ``detach=True``. ``FeatureTaps`` is a module whose parameters are ``model``'s, and ``train()``/``eval()`` reach
+    ``model``, so it can be passed to :func:`kdnb.core.training.fit` with an objective
+    ``loss((outputs, features), *targets)``; use ``model`` itself for plain predictions.
+
+    A tapped output is the tensor itself: an in-place operation later in the forward pass (e.g.
+    ``nn.ReLU(inplace=True)``) changes it too, so tap the module after it instead.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network to tap.
+    names : sequence of str
+        Names of submodules as in ``model.named_modules()``, e.g. ``["features.2", "head"]`` for
+        :class:`DigitsCNN`; at least one, distinct, the root (``""``) excluded.
+    detach : bool, default False
+        Return the features detached from the graph (e.g. a teacher's).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module or ``names`` is not a sequence of str.
+    ValueError
+        If ``names`` is empty, repeats a name, or names no submodule of ``model`` (the message lists the valid
+        names).
+
+    Examples
+    --------
+    >>> import torch
+    >>> cnn = DigitsCNN(generator=torch.Generator().manual_seed(0))
+    >>> logits, features = FeatureTaps(cnn, ["features.3"])(torch.zeros(2, 64))
+    >>> tuple(features["features.3"].shape)
+    (2, 32, 8, 8)
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], *, detach: bool = False):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"names must be a sequence of module names (str), e.g. ['features.2'], got {names!r}")
+        if not names:
+            raise ValueError("names must name at least one submodule")
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be distinct, got {list(names)}")
+        self.model = model
+        self.names = tuple(names)
+        self.detach = bool(detach)
+        self._modules_by_name()
+
+    def _modules_by_name(self) -> dict[str, nn.Module]:
+        modules = {name: module for name, module in self.model.named_modules() if name}
+        unknown = [name for name in self.names if name not in modules]
+        if unknown:
+            raise ValueError(f"unknown module name(s) {unknown} for {type(self.model).__name__}; valid names: "
+                             f"{list(modules)}")
+        return modules
+
+    def forward(self, *args, **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
+        """Run ``model`` once and collect the outputs of the named submodules.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The inputs of ``model``'s forward, e.g. a batch ``x``.
+
+        Returns
+        -------
+        output : object
+            What ``model(*args, **kwargs)`` returns (e.g. (N, C) logits).
+        features : dict of str to torch.Tensor
+            The output of each named submodule, keyed and ordered as ``names``.
+
+        Raises
+        ------
+        RuntimeError
+            If a named submodule does not run in the forward pass, or runs more than once (its output would be
+            ambiguous).
+        """
+        modules = self._modules_by_name()
+        features: dict[str, torch.Tensor] = {}
+        detach = self.detach
+
+        def make_hook(name):
+            def hook(module, inputs, output):
+                if name in features:
+                    raise RuntimeError(f"module {name!r} ran more than once in one forward pass, so its output is "
+                                       "ambiguous; tap a module that runs once")
+                features[name] = output.detach() if detach and isinstance(output, torch.Tensor) else output
+            return hook
+
+        handles = []
+        try:
+            for name in self.names:
+                handles.append(modules[name].register_forward_hook(make_hook(name)))
+            output = self.model(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in self.names if name not in features]
+        if missing:
+            raise RuntimeError(f"module(s) {missing} did not run in the forward pass of {type(self.model).__name__}")
+        return output, {name: features[name] for name in self.names}
+
+    def extra_repr(self) -> str:
+        """The tapped names, for ``repr``.
+
+        Returns
+        -------
+        str
+            ``"names=(...), detach=..."``.
+        """
+        return f"names={self.names}, detach={self.detach}"

@@ -31,6 +31,34 @@ def sweep(
     ``function`` returns a mapping of measured values; the result is a pandas DataFrame with one row per call, holding
     the setting, the repeat and the measurements. Settings are visited in the grid's order (last axis fastest), so
     the same grid gives the same table.
+
+    Parameters
+    ----------
+    function : callable
+        Called as ``function(**setting, repeat=r)``; returns a mapping from measurement name to value.
+    grid : Mapping[str, Sequence]
+        A non-empty mapping from setting name to a non-empty sequence (not a str) of values; the name ``"repeat"`` is
+        reserved for the repeat index. Every combination of values (the Cartesian product) is a point.
+    repeats : int, default 1
+        The number of repeats per point, >= 1; ``r`` runs over 0, ..., ``repeats`` - 1.
+    desc : str, default "sweep"
+        The label of the progress bar; keyword-only.
+    progress : bool, default True
+        Show a tqdm progress bar (removed when the sweep ends); keyword-only.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per call, ``len(points) * repeats`` rows in visiting order (repeats innermost), with a column per
+        setting, ``"repeat"``, and a column per measurement.
+
+    Raises
+    ------
+    TypeError
+        If ``function`` is not callable or returns something that is not a mapping, or ``repeats`` is not an int.
+    ValueError
+        If ``grid`` is not a non-empty mapping, one of its values is not a non-empty sequence, it has a ``"repeat"``
+        axis, or ``repeats`` < 1.
     """
     import pandas as pd
 
@@ -62,7 +90,19 @@ def sweep(
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    r"""A least-squares line through (log x, log y): :math:`y \approx e^{\mathrm{intercept}}\, x^{\mathrm{slope}}`."""
+    r"""A least-squares line through (log x, log y): :math:`y \approx e^{\mathrm{intercept}}\, x^{\mathrm{slope}}`.
+
+    Made by :func:`power_law_fit`; calling the fit evaluates the power law, ``fit(x)``. Frozen (immutable).
+
+    Parameters
+    ----------
+    slope : float
+        The exponent: the slope of the line in log-log space.
+    intercept : float
+        The intercept of the line in log-log space (natural log), so the prefactor is :math:`e^{\mathrm{intercept}}`.
+    r_squared : float
+        The coefficient of determination R² of the fit in log space, at most 1.
+    """
 
     slope: float
     intercept: float
@@ -74,8 +114,29 @@ class PowerLawFit:
 
 
 def power_law_fit(x, y) -> PowerLawFit:
-    r"""Fit :math:`\log y = \mathrm{slope} \cdot \log x + \mathrm{intercept}` by least squares and report the
-    coefficient of determination R² of the fit in log space. Needs at least two distinct, positive x and positive y."""
+    r"""Fit :math:`\log y = \mathrm{slope} \cdot \log x + \mathrm{intercept}` by least squares.
+
+    Also reports the coefficient of determination R² of the fit in log space (1 when all log y are equal). Needs at
+    least two distinct, positive x and positive y.
+
+    Parameters
+    ----------
+    x : array_like
+        The abscissae, finite and > 0, at least two distinct values; flattened.
+    y : array_like
+        The ordinates, finite and > 0, as many as ``x``; flattened.
+
+    Returns
+    -------
+    PowerLawFit
+        The slope, intercept and R² of the line through (log x, log y).
+
+    Raises
+    ------
+    ValueError
+        If ``x`` and ``y`` differ in length, an entry is not finite or not > 0, or ``x`` has fewer than two distinct
+        values.
+    """
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
@@ -92,7 +153,30 @@ def power_law_fit(x, y) -> PowerLawFit:
 
 
 def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
-    r""":math:`\|\mathrm{estimate} - \mathrm{reference}\| / \|\mathrm{reference}\|` (Frobenius norms), in float64."""
+    r"""Return the relative error :math:`\|\mathrm{estimate} - \mathrm{reference}\| / \|\mathrm{reference}\|`.
+
+    The norms are Frobenius norms, computed in float64 (on the CPU for MPS, which has no float64); gradients are not
+    tracked.
+
+    Parameters
+    ----------
+    estimate : torch.Tensor
+        The approximation, of the same shape as ``reference`` (any dtype that converts to float64).
+    reference : torch.Tensor
+        The reference value, with a finite, nonzero norm.
+
+    Returns
+    -------
+    float
+        The relative error, >= 0.
+
+    Raises
+    ------
+    TypeError
+        If ``estimate`` or ``reference`` is not a ``torch.Tensor``.
+    ValueError
+        If the shapes differ, or ``reference``'s norm is zero or not finite.
+    """
     if not isinstance(estimate, torch.Tensor) or not isinstance(reference, torch.Tensor):
         raise TypeError("estimate and reference must be torch tensors")
     if estimate.shape != reference.shape:

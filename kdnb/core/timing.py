@@ -14,10 +14,31 @@ __all__ = ["time_call"]
 
 
 def time_call(function: Callable[[], object], *, repeats: int = 3, warmup: int = 1) -> float:
-    """Best wall-clock time in seconds of ``function()`` over ``repeats`` runs, after ``warmup`` untimed runs.
+    """Time ``function()``: the best wall-clock time in seconds over ``repeats`` runs, after ``warmup`` untimed runs.
 
     The minimum is reported because on a shared machine every disturbance only adds time. CUDA and MPS work is
     synchronised before the clock is read.
+
+    Parameters
+    ----------
+    function : callable
+        Called with no arguments; its result is discarded.
+    repeats : int, default 3
+        The number of timed runs, >= 1; keyword-only.
+    warmup : int, default 1
+        The number of untimed runs before them, >= 0; keyword-only.
+
+    Returns
+    -------
+    float
+        The shortest of the ``repeats`` timed runs, in seconds (``time.perf_counter``).
+
+    Raises
+    ------
+    TypeError
+        If ``repeats`` or ``warmup`` is not an int.
+    ValueError
+        If ``repeats`` < 1 or ``warmup`` < 0.
     """
     repeats = check_positive_int(repeats, "repeats")
     warmup = check_positive_int(warmup, "warmup", minimum=0)

@@ -41,7 +41,29 @@ def _as_real(value, name: str) -> float:
 
 
 def check_in_unit_interval(value, name: str, *, open_low: bool = False) -> float:
-    """Return ``value`` as a float after checking it lies in [0, 1] (or (0, 1] with ``open_low``)."""
+    """Return ``value`` as a float after checking it lies in [0, 1] (or (0, 1] with ``open_low``).
+
+    Parameters
+    ----------
+    value : float
+        A real number (bools are refused) or a one-element real tensor.
+    name : str
+        The argument's name, used in the error message.
+    open_low : bool, default False
+        If True, the interval is (0, 1]: 0 is refused.
+
+    Returns
+    -------
+    float
+        ``value`` as a Python float.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number or a one-element real tensor.
+    ValueError
+        If ``value`` is NaN or outside [0, 1] (or (0, 1] with ``open_low``).
+    """
     x = _as_real(value, name)
     low_ok = x > 0 if open_low else x >= 0
     if not (low_ok and x <= 1):
@@ -51,12 +73,52 @@ def check_in_unit_interval(value, name: str, *, open_low: bool = False) -> float
 
 
 def check_soft_ratio(rho, name: str = "rho") -> float:
-    """The soft ratio ρ: the weight of the soft (teacher) term, in [0, 1]."""
+    """Check the soft ratio ρ, the weight of the soft (teacher) term, in [0, 1].
+
+    Parameters
+    ----------
+    rho : float
+        The soft ratio, a real number in [0, 1] (1 = pure distillation, 0 = labels only).
+    name : str, default "rho"
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    float
+        ``rho`` as a Python float.
+
+    Raises
+    ------
+    TypeError
+        If ``rho`` is not a real number or a one-element real tensor.
+    ValueError
+        If ``rho`` is NaN or outside [0, 1].
+    """
     return check_in_unit_interval(rho, name)
 
 
 def check_positive(value, name: str) -> float:
-    """Return ``value`` as a float after checking it is finite and > 0."""
+    """Return ``value`` as a float after checking it is finite and > 0.
+
+    Parameters
+    ----------
+    value : float
+        A real number (bools are refused) or a one-element real tensor.
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    float
+        ``value`` as a Python float.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number or a one-element real tensor.
+    ValueError
+        If ``value`` is NaN, infinite or <= 0.
+    """
     x = _as_real(value, name)
     if not (x > 0 and math.isfinite(x)):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -64,7 +126,29 @@ def check_positive(value, name: str) -> float:
 
 
 def check_variance(value, name: str, *, positive: bool = False) -> float:
-    """A variance: a finite number >= 0 (or > 0 with ``positive``), returned as a float."""
+    """Check a variance: a finite number >= 0 (or > 0 with ``positive``), returned as a float.
+
+    Parameters
+    ----------
+    value : float
+        A real number (bools are refused) or a one-element real tensor.
+    name : str
+        The argument's name, used in the error message.
+    positive : bool, default False
+        If True, 0 is refused.
+
+    Returns
+    -------
+    float
+        ``value`` as a Python float.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number or a one-element real tensor.
+    ValueError
+        If ``value`` is NaN, infinite or < 0 (or == 0 with ``positive``).
+    """
     x = _as_real(value, name)
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
@@ -72,12 +156,55 @@ def check_variance(value, name: str, *, positive: bool = False) -> float:
 
 
 def check_temperature(temperature, name: str = "temperature") -> float:
-    """The distillation temperature T: finite and > 0."""
+    """Check the distillation temperature T: finite and > 0.
+
+    Parameters
+    ----------
+    temperature : float
+        The temperature, a real number (bools are refused) or a one-element real tensor.
+    name : str, default "temperature"
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    float
+        ``temperature`` as a Python float.
+
+    Raises
+    ------
+    TypeError
+        If ``temperature`` is not a real number or a one-element real tensor.
+    ValueError
+        If ``temperature`` is NaN, infinite or <= 0.
+    """
     return check_positive(temperature, name)
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """Return ``value`` after checking it is an int >= ``minimum``."""
+    """Return ``value`` after checking it is an int >= ``minimum``.
+
+    Parameters
+    ----------
+    value : int
+        An int, or a real number with an integer value (such as ``3.0`` or a numpy integer), which is converted to
+        int. Bools are refused.
+    name : str
+        The argument's name, used in the error message.
+    minimum : int, default 1
+        The smallest allowed value.
+
+    Returns
+    -------
+    int
+        ``value`` as an int.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is a bool, or neither an int nor a real number with an integer value.
+    ValueError
+        If ``value`` < ``minimum``.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, Real) and float(value).is_integer() and not isinstance(value, bool):
             value = int(value)
@@ -89,14 +216,57 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
 
 
 def check_choice(value, name: str, choices) -> str:
-    """Return ``value`` after checking it is one of ``choices``."""
+    """Return ``value`` after checking it is one of ``choices``.
+
+    Parameters
+    ----------
+    value : object
+        The value to check, usually a str.
+    name : str
+        The argument's name, used in the error message.
+    choices : Iterable
+        The allowed values (a tuple, list or set), listed in the error message.
+
+    Returns
+    -------
+    object
+        ``value``, unchanged.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not in ``choices``.
+    """
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
 
 
 def check_finite_tensor(x, name: str, *, floating: bool = True) -> torch.Tensor:
-    """Check ``x`` is a torch tensor (floating point unless ``floating=False``) with finite entries."""
+    """Check ``x`` is a torch tensor (floating point unless ``floating=False``) with finite entries.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The tensor to check, of any shape.
+    name : str
+        The argument's name, used in the error message.
+    floating : bool, default True
+        If True, ``x`` must be floating point with only finite entries; if False, only its type is checked (any
+        dtype, entries not inspected).
+
+    Returns
+    -------
+    torch.Tensor
+        ``x``, unchanged.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a ``torch.Tensor``, or (with ``floating``) is not floating point.
+    ValueError
+        If (with ``floating``) ``x`` contains NaN or inf.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if floating and not x.is_floating_point():
@@ -107,7 +277,29 @@ def check_finite_tensor(x, name: str, *, floating: bool = True) -> torch.Tensor:
 
 
 def check_sequence(values, name: str) -> list:
-    """A non-empty list from a sequence or a 1-D tensor; ``TypeError`` or ``ValueError`` naming ``name`` otherwise."""
+    """Return a non-empty list from a sequence or a 1-D tensor.
+
+    Anything else raises ``TypeError`` or ``ValueError`` naming ``name``.
+
+    Parameters
+    ----------
+    values : Sequence or torch.Tensor
+        A non-empty sequence (not a str or bytes) or a non-empty 1-D tensor.
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    list
+        The values as a list (a tensor's entries as Python numbers).
+
+    Raises
+    ------
+    TypeError
+        If ``values`` is a str, bytes or not a sequence (a numpy array is not one; pass ``array.tolist()``).
+    ValueError
+        If ``values`` is a tensor that is not 1-D, or is empty.
+    """
     if isinstance(values, torch.Tensor):
         if values.ndim != 1:
             raise ValueError(f"{name} must be a 1-D sequence, got a tensor of shape {tuple(values.shape)}")
@@ -120,12 +312,32 @@ def check_sequence(values, name: str) -> list:
 
 
 def check_soft_ratios(rho, name: str = "rho") -> tuple[torch.Tensor, bool]:
-    """Soft ratios in (0, 1]: a number or a non-empty sequence, returned as a float64 vector and whether a single
-    number was given.
+    """Check soft ratios in (0, 1] and return them as a float64 vector with whether a single number was given.
 
     ρ = 0 is refused with the reason: with no soft term the per-example loss is pure cross-entropy on the hard label,
     whose minimiser is infinite, so quantities defined through a finite minimiser (the effective logits of
     :mod:`kdnb.papers.wide_network_kd`) do not exist there.
+
+    Parameters
+    ----------
+    rho : float, Sequence of float or torch.Tensor
+        A number in (0, 1] (a real number or a 0-D tensor), or a non-empty sequence or 1-D tensor of them.
+    name : str, default "rho"
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    values : torch.Tensor
+        Shape (k,), float64 on the CPU: the soft ratios (k = 1 for a single number).
+    scalar : bool
+        True if a single number was given.
+
+    Raises
+    ------
+    TypeError
+        If a value is not a real number.
+    ValueError
+        If ``rho`` is an empty sequence, or a value is 0, NaN or outside (0, 1].
     """
     if isinstance(rho, torch.Tensor) and rho.ndim == 0:
         rho = rho.item()
@@ -144,8 +356,31 @@ def check_soft_ratios(rho, name: str = "rho") -> tuple[torch.Tensor, bool]:
 
 
 def check_gram(kernel, name: str = "kernel") -> torch.Tensor:
-    """A square (N, N) Gram matrix with finite entries, returned in float64 (on the CPU for MPS, which has no
-    float64). A 4-D multi-output NTK is refused with the way to get a scalar one."""
+    """Check a square (N, N) Gram matrix with finite entries and return it in float64.
+
+    The result is on the CPU for MPS, which has no float64 (see :func:`kdnb.core.runtime.float64_device`). A 4-D
+    multi-output NTK is refused with the way to get a scalar one.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        Shape (N, N) with N >= 1, floating point, finite entries.
+    name : str, default "kernel"
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    torch.Tensor
+        ``kernel`` as float64, shape (N, N), on ``kernel``'s device (the CPU for MPS).
+
+    Raises
+    ------
+    TypeError
+        If ``kernel`` is not a ``torch.Tensor``.
+    ValueError
+        If ``kernel`` is 4-D (the blocks of a multi-output model), is not a non-empty square matrix, is not floating
+        point or has a NaN or inf entry.
+    """
     from .runtime import float64_device
 
     if not isinstance(kernel, torch.Tensor):
@@ -161,8 +396,31 @@ def check_gram(kernel, name: str = "kernel") -> torch.Tensor:
 
 
 def check_kernel_targets(targets, n: int, name: str, device) -> torch.Tensor:
-    """Regression targets for an (N, N) kernel: (N,) or (N, k), floating point and finite; returned in float64 on
-    ``device``."""
+    """Check regression targets for an (N, N) kernel and return them in float64 on ``device``.
+
+    Parameters
+    ----------
+    targets : torch.Tensor
+        Shape (N,) or (N, k), floating point, finite entries.
+    n : int
+        N, the size of the kernel the targets go with.
+    name : str
+        The argument's name, used in the error message.
+    device : torch.device or str
+        Where the returned targets live (the kernel's device).
+
+    Returns
+    -------
+    torch.Tensor
+        ``targets`` as float64 on ``device``, same shape.
+
+    Raises
+    ------
+    TypeError
+        If ``targets`` is not a ``torch.Tensor``.
+    ValueError
+        If ``targets`` is not (n,) or (n, k), is not floating point or has a NaN or inf entry.
+    """
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(targets).__name__}")
     if targets.ndim not in (1, 2) or targets.shape[0] != n:

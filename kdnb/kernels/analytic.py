@@ -27,7 +27,7 @@ where for pre-activations of covariance :math:`[[q, q_{12}], [q_{12}, q']]` at a
 .. math:: \kappa_1 = \mathbb{E}[\mathrm{relu}(u)\,\mathrm{relu}(v)] = \frac{\sqrt{q q'}\,(\sin\theta + (\pi - \theta)
           \cos\theta)}{2\pi}, \qquad \kappa_0 = \mathbb{E}[\mathrm{relu}'(u)\,\mathrm{relu}'(v)] = \frac{\pi - \theta}{2\pi}.
 
-How the common conventions map onto the arguments (each is a test in ``tests/test_ntk.py``):
+How the common conventions map onto the arguments (each is a test in ``tests/kernels/test_analytic.py``):
 
 =============================================  ============================================================  ==========================
 convention                                     arguments                                                     :math:`\Theta(x, x)`, unit x
@@ -61,7 +61,15 @@ __all__ = ["RELUKernels", "relu_kernels", "relu_nngp", "relu_ntk", "sphere_eigen
 
 
 class RELUKernels(NamedTuple):
-    """The infinite-width kernels of a ReLU network: NNGP covariance and NTK, each (N1, N2) float64."""
+    r"""The infinite-width kernels of a ReLU network: NNGP covariance and NTK, each (N1, N2) float64.
+
+    Parameters
+    ----------
+    nngp : torch.Tensor
+        The NNGP covariance :math:`\Sigma(x_1, x_2)` of the network's output at initialisation, (N1, N2) float64.
+    ntk : torch.Tensor
+        The neural tangent kernel :math:`\Theta(x_1, x_2)`, (N1, N2) float64.
+    """
 
     nngp: torch.Tensor
     ntk: torch.Tensor
@@ -93,12 +101,52 @@ def relu_kernels(
 ) -> RELUKernels:
     r"""NNGP covariance and NTK of an infinitely wide ReLU network with ``depth`` = L >= 1 hidden layers.
 
-    The network, the recursion and the table of conventions are in the module docstring (:mod:`kdnb.kernels`); the finite
-    network is :class:`kdnb.core.models.NTKMLP` with the same arguments. ``readout_*`` default to the hidden values.
-    Computed in float64, on the inputs' device (on the CPU for MPS inputs: MPS has no float64). Precision: the first layer's angles are computed from the
-    input vectors and are exact to rounding; deeper layers recover angles from covariances, which for nearly parallel
-    pairs of points leaves errors of about 1e-8 relative. With ``x2=None`` the result is exactly symmetric and its
-    diagonal exact (the angle of a point with itself is 0, not recovered from rounded products).
+    The network, the recursion and the table of conventions are in the module docstring
+    (:mod:`kdnb.kernels.analytic`); the finite network is :class:`kdnb.core.models.NTKMLP` with the same arguments.
+    Computed in float64, on the inputs' device (on the CPU for MPS inputs: MPS has no float64). Precision: the first
+    layer's angles are computed from the input vectors and are exact to rounding; deeper layers recover angles from
+    covariances, which for nearly parallel pairs of points leaves errors of about 1e-8 relative. With ``x2=None`` the
+    result is exactly symmetric and its diagonal exact (the angle of a point with itself is 0, not recovered from
+    rounded products).
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, shape (N1, d) with N1, d >= 1, floating point and finite (any scale: the kernels are not restricted
+        to the sphere).
+    x2 : torch.Tensor or None, default None
+        Inputs, shape (N2, d), on the device of ``x1``; ``None``: the Gram matrix of ``x1``.
+    depth : int
+        L >= 1, the number of hidden ReLU layers.
+    weight_variance : float, default 1.0
+        :math:`\sigma_w^2 > 0` of the hidden layers.
+    bias_variance : float, default 0.0
+        :math:`\sigma_b^2 \ge 0` of the hidden layers (0: no biases).
+    readout_weight_variance : float or None, default None
+        :math:`\sigma_{w,\mathrm{out}}^2 > 0` of the readout layer; ``None``: ``weight_variance``.
+    readout_bias_variance : float or None, default None
+        :math:`\sigma_{b,\mathrm{out}}^2 \ge 0` of the readout layer; ``None``: ``bias_variance``.
+    normalize_input : bool, default False
+        Divide the first layer's :math:`x^\top x'` by :math:`c = d` (neural-tangents' convention); else c = 1.
+
+    Returns
+    -------
+    RELUKernels
+        ``nngp`` :math:`\Sigma` and ``ntk`` :math:`\Theta`, each (N1, N2) float64.
+
+    Raises
+    ------
+    TypeError
+        If an input is not a floating-point tensor, ``depth`` is not an int, or a variance is not a real number.
+    ValueError
+        If ``depth`` < 1, a weight variance is not > 0 or a bias variance is negative (or either is not finite), an
+        input is not (N, d) with N, d >= 1 or contains NaN or inf, or ``x1`` and ``x2`` differ in the number of
+        features or in device.
+
+    References
+    ----------
+    Jacot, Gabriel & Hongler 2018 (the NTK recursion); Arora et al. 2019 (its ReLU closed forms and the
+    :math:`c_\sigma = 2` convention); Cho & Saul 2009 (the arc-cosine kernels :math:`\kappa_0, \kappa_1`).
     """
     depth = check_positive_int(depth, "depth")
     sw = check_variance(weight_variance, "weight_variance", positive=True)
@@ -154,17 +202,63 @@ def relu_kernels(
             var1 = var2 = cross.diagonal().clone()
         else:
             var1, var2 = w * var1 / 2 + b, w * var2 / 2 + b
+    if symmetric:
+        # Elementwise kernels round differently in their vectorised body and their scalar tail, so entries (i, j) and
+        # (j, i) can differ in the last bit. Mirror the lower triangle, the one Cholesky and eigh read.
+        cross = torch.tril(cross) + torch.tril(cross, -1).mT
+        ntk = torch.tril(ntk) + torch.tril(ntk, -1).mT
     return RELUKernels(nngp=cross, ntk=ntk)
 
 
 def relu_ntk(x1: torch.Tensor, x2: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-    """The infinite-width NTK of a ReLU network, (N1, N2) float64; arguments as in :func:`relu_kernels`."""
+    """The infinite-width NTK of a ReLU network, (N1, N2) float64; arguments as in :func:`relu_kernels`.
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, shape (N1, d), floating point and finite.
+    x2 : torch.Tensor or None, default None
+        Inputs, shape (N2, d); ``None``: the Gram matrix of ``x1``.
+    **kwargs
+        The keyword arguments of :func:`relu_kernels` (``depth`` is required).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\\Theta(x_1, x_2)`, (N1, N2) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`relu_kernels`.
+    """
     return relu_kernels(x1, x2, **kwargs).ntk
 
 
 def relu_nngp(x1: torch.Tensor, x2: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-    """The NNGP covariance :math:`\\mathbb{E}[f(x) f(x')]` of the same network at initialisation; see
-    :func:`relu_kernels`."""
+    """The NNGP covariance :math:`\\mathbb{E}[f(x) f(x')]` of the same network at initialisation.
+
+    Arguments as in :func:`relu_kernels`.
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, shape (N1, d), floating point and finite.
+    x2 : torch.Tensor or None, default None
+        Inputs, shape (N2, d); ``None``: the Gram matrix of ``x1``.
+    **kwargs
+        The keyword arguments of :func:`relu_kernels` (``depth`` is required).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\\Sigma(x_1, x_2)`, (N1, N2) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`relu_kernels`.
+    """
     return relu_kernels(x1, x2, **kwargs).nngp
 
 
@@ -175,8 +269,9 @@ def sphere_eigenvalues(
     *,
     quadrature_points: int = 400,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Mercer eigenvalues of a dot-product kernel :math:`k(x, x') = \kappa(x^\top x')` on the sphere
-    :math:`S^{d-1}`, by the Funk–Hecke formula (Bietti & Mairal 2019):
+    r"""Mercer eigenvalues of a dot-product kernel on the sphere, by the Funk–Hecke formula.
+
+    For :math:`k(x, x') = \kappa(x^\top x')` on :math:`S^{d-1}` (Bietti & Mairal 2019):
 
     .. math:: \mu_k = \frac{\Gamma(d/2)}{\sqrt\pi\, \Gamma((d-1)/2)} \int_{-1}^{1} \kappa(t)\, P_k^{(d)}(t)\,
               (1 - t^2)^{(d-3)/2}\, dt,
@@ -185,9 +280,40 @@ def sphere_eigenvalues(
     for uniform measure on the sphere. Eigenvalue :math:`\mu_k` belongs to the :math:`N(d, k)` spherical harmonics of
     degree k. ``kernel(x1, x2)`` is evaluated between a fixed unit vector and unit vectors at the Gauss–Jacobi nodes.
 
-    Returns ``(mu, multiplicity)``, both of length ``max_degree + 1``, float64. Accuracy: for a smooth profile the
-    quadrature is exact to rounding; the ReLU kernels are not smooth at :math:`t = \pm 1`, and with the default 400
-    nodes their eigenvalues up to degree 20 are accurate to about 5e-5 relative (more nodes, more accuracy).
+    Accuracy: for a smooth profile the quadrature is exact to rounding; the ReLU kernels are not smooth at
+    :math:`t = \pm 1`, and with the default 400 nodes their eigenvalues up to degree 20 are accurate to about 5e-5
+    relative (more nodes, more accuracy).
+
+    Parameters
+    ----------
+    kernel : callable
+        ``kernel(x1, x2)`` returns the (N1, N2) kernel matrix between rows of ``x1`` and ``x2`` (float64 unit
+        vectors of dimension ``dim``), e.g. ``functools.partial(relu_ntk, depth=1)``.
+    dim : int
+        d >= 3, the dimension of the ambient space of :math:`S^{d-1}`.
+    max_degree : int
+        The largest harmonic degree k >= 0.
+    quadrature_points : int, default 400
+        Number of Gauss–Jacobi nodes, >= ``max_degree + 1``.
+
+    Returns
+    -------
+    mu : torch.Tensor
+        :math:`\mu_k` for k = 0..``max_degree``, shape (max_degree + 1,), float64.
+    multiplicity : torch.Tensor
+        :math:`N(d, k)`, the number of spherical harmonics of degree k, shape (max_degree + 1,), float64.
+
+    Raises
+    ------
+    TypeError
+        If ``kernel`` is not callable, or ``dim``, ``max_degree`` or ``quadrature_points`` is not an int.
+    ValueError
+        If ``dim`` < 3, ``max_degree`` < 0, ``quadrature_points`` <= ``max_degree``, or ``kernel`` does not return
+        a (1, quadrature_points) matrix for one pole and the nodes.
+
+    References
+    ----------
+    Bietti & Mairal 2019 (the Funk–Hecke formula and the spectra of NTKs on the sphere).
     """
     from scipy.special import eval_gegenbauer, gammaln, roots_jacobi
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..core.models import MLP, AntisymmetricPair, NTKLinear, NTKMLP
 from ..core.validation import check_choice, check_positive_int
 
-__all__ = ["METHODS", "OUTPUT_MODES", "dense_ntk_flops", "empirical_ntk", "functional_model", "ntk_features",
+__all__ = ["METHODS", "OUTPUT_MODES", "dense_ntk_flops", "empirical_ntk", "ntk_features",
            "structured_ntk_supported"]
 
 METHODS = ("auto", "jacobian", "ntk_vp", "structured")
@@ -43,22 +43,63 @@ def empirical_ntk(
     chunk_size: int | None = None,
     progress: bool | None = None,
 ) -> torch.Tensor:
-    r"""The empirical NTK :math:`\Theta(x, x') = \nabla_w f(x)^\top \nabla_w f(x')` of ``model`` at its current weights.
+    r"""The empirical neural tangent kernel of ``model`` at its current weights.
 
-    The gradient is taken with respect to every parameter with ``requires_grad=True``. Inputs are the rows (first
-    axis) of ``x1`` and ``x2`` (``x2=None``: the Gram matrix of ``x1``, computed once per pair of blocks and mirrored).
-    The model is evaluated as it is, example by example: put models with dropout or batch normalisation in eval mode.
+    :math:`\Theta(x, x') = \nabla_w f(x)^\top \nabla_w f(x')`, the gradient taken with respect to every parameter
+    with ``requires_grad=True``. Inputs are the rows (first axis) of ``x1`` and ``x2``. The model is evaluated as it
+    is, example by example: put models with dropout or batch normalisation in eval mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network f. Its output's first axis is the batch axis; any output shape after it is flattened to O
+        outputs. At least one parameter must have ``requires_grad=True``.
+    x1 : torch.Tensor
+        Inputs, shape (N1, ...) with N1 >= 1 examples along the first axis, finite, in the dtype and on the device of
+        the model's parameters.
+    x2 : torch.Tensor or None, default None
+        Inputs, shape (N2, ...) with the feature shape of ``x1``, same requirements. ``None``: the Gram matrix of
+        ``x1``, computed once per pair of blocks and mirrored.
+    method : {"auto", "jacobian", "ntk_vp", "structured"}, default "auto"
+        How the kernel is computed; see Notes.
+    outputs : {"full", "trace"}, default "full"
+        For a model with O > 1 outputs: every (O, O) block, or their trace (see Returns). Ignored for scalar outputs.
+    chunk_size : int or None, default None
+        The number of examples per block (rows of ``x1`` and columns of ``x2`` at a time), >= 1. By default it is
+        chosen so that one block's intermediate results stay under 512 MiB. With several blocks, the column blocks'
+        Jacobians (or activations) are recomputed for each row block: time is traded for bounded memory.
+    progress : bool or None, default None
+        Show a bar over blocks; ``None``: when there are more than eight.
 
     Returns
     -------
-    A tensor in the dtype and on the device of the model's parameters. For a **scalar-output** model (logits of shape
-    (N,) or (N, 1)) it is the (N1, N2) Gram matrix. For a model with **O > 1 outputs** (any output shape after the
-    batch axis is flattened to O), ``outputs="full"`` gives the (N1, N2, O, O) blocks
-    :math:`\Theta_{ab}(x, x') = \nabla_w f_a(x)^\top \nabla_w f_b(x')`, and ``outputs="trace"`` their trace
-    :math:`\sum_a \Theta_{aa}`, shape (N1, N2) (neural-tangents' ``trace_axes`` divides this by O).
+    torch.Tensor
+        In the dtype and on the device of the model's parameters. For a **scalar-output** model (logits of shape
+        (N,) or (N, 1)) it is the (N1, N2) Gram matrix. For a model with **O > 1 outputs** (any output shape after
+        the batch axis is flattened to O), ``outputs="full"`` gives the (N1, N2, O, O) blocks
+        :math:`\Theta_{ab}(x, x') = \nabla_w f_a(x)^\top \nabla_w f_b(x')`, and ``outputs="trace"`` their trace
+        :math:`\sum_a \Theta_{aa}`, shape (N1, N2) (neural-tangents' ``trace_axes`` divides this by O).
 
-    Methods
-    -------
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``, an input is not a tensor, or an input's dtype differs from the
+        parameters'; if ``chunk_size`` is not an int.
+    ValueError
+        If ``method`` or ``outputs`` is not one of the allowed values; if the model has no trainable parameter or
+        does not return a tensor with the batch axis first; if an input has no example, contains NaN or inf, or is on
+        another device than the model; if ``x1`` and ``x2`` have different feature shapes; if
+        ``method="structured"`` is asked for a model without the closed form; if ``chunk_size`` < 1.
+
+    See Also
+    --------
+    ntk_features : The features :math:`\phi(x)` themselves, for small models.
+    kdnb.kernels.analytic.relu_ntk : The infinite-width limit.
+
+    Notes
+    -----
+    The methods:
+
     ``"jacobian"``
         per-example Jacobians (``vmap(jacrev)``), contracted: :math:`O(N O [FP] + N^2 O^2 P)` for P parameters.
     ``"ntk_vp"``
@@ -77,10 +118,10 @@ def empirical_ntk(
         ``"jacobian"``, which was faster than ``"ntk_vp"`` wherever we timed both (``benchmarks/bench_ntk.py``,
         chapter 2); choose ``"ntk_vp"`` explicitly when the Jacobian does not fit in memory.
 
-    ``chunk_size`` is the number of examples per block (rows of ``x1`` and columns of ``x2`` at a time); by default it
-    is chosen so that one block's intermediate results stay under 512 MiB. With several blocks, the column blocks'
-    Jacobians (or activations) are recomputed for each row block: time is traded for bounded memory. ``progress``
-    shows a bar over blocks (default: when there are more than eight).
+    References
+    ----------
+    Jacot, Gabriel & Hongler 2018 (the neural tangent kernel); Lee et al. 2019 (wide networks evolve as their
+    linearization, whose features are :math:`\phi(x) = \nabla_w f(x; w_0)`).
     """
     check_choice(method, "method", METHODS)
     check_choice(outputs, "outputs", OUTPUT_MODES)
@@ -141,16 +182,54 @@ def empirical_ntk(
 
 
 def structured_ntk_supported(model: nn.Module) -> bool:
-    """Whether :func:`empirical_ntk` has the closed-form ``"structured"`` path for ``model``."""
+    """Whether :func:`empirical_ntk` has the closed-form ``"structured"`` path for ``model``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module.
+
+    Returns
+    -------
+    bool
+        True for a fully connected ReLU network whose every trainable parameter is one of its dense layers' (a kdnb
+        ``MLP`` with ReLU, ``NTKMLP``, an ``nn.Sequential`` of ``Linear``/``NTKLinear`` and ``ReLU``, or an
+        ``AntisymmetricPair`` of those); False otherwise (then ``method="auto"`` uses ``"jacobian"``).
+    """
     return _structured_plan(model) is not None
 
 
 def ntk_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     r"""The features of the linearized model, :math:`\phi(x) = \nabla_w f(x; w)`, one row per example.
 
-    Shape (N, P) for a scalar-output model and (N, O, P) otherwise, with the trainable parameters flattened and
-    concatenated in the order of ``model.named_parameters()``. :func:`empirical_ntk` is :math:`\phi(x)^\top \phi(x')`
-    without forming them; this is for checks in weight space on small models (memory N O P).
+    :func:`empirical_ntk` is :math:`\phi(x)^\top \phi(x')` without forming them; this is for checks in weight space
+    on small models (memory N O P).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network f at its current weights w; the gradient is taken with respect to every parameter with
+        ``requires_grad=True`` (at least one).
+    x : torch.Tensor
+        Inputs, shape (N, ...) with N >= 1, finite, in the dtype and on the device of the model's parameters.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (N, P) for a scalar-output model and (N, O, P) otherwise, with the P trainable parameters flattened and
+        concatenated in the order of ``model.named_parameters()``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module, ``x`` is not a tensor, or its dtype differs from the parameters'.
+    ValueError
+        If the model has no trainable parameter, ``x`` is empty, not finite or on another device, or the model's
+        output has no batch axis.
+
+    References
+    ----------
+    Lee et al. 2019 (the linearized network and its features).
     """
     params, single, _ = _functional_model(model)
     x = _check_ntk_inputs(x, "x", next(iter(params.values())))
@@ -410,7 +489,7 @@ def _structured_contract(plan, f1, f2, n_outputs):
 def dense_ntk_flops(layer_widths: Sequence[int], n1: int, n2: int, method: str) -> float:
     r"""Leading-order floating-point operations of the empirical NTK of a dense scalar-output network.
 
-    ``layer_widths`` = (d_in, n_1, ..., n_L, 1); P is the number of weights. Counts (one multiply-add = 2 FLOPs):
+    With P the number of weights, the counts are (one multiply-add = 2 FLOPs):
 
     * ``"structured"``: :math:`2 n_1 n_2 (\sum_{l \le L} n_l + \sum_{l \le L+1} n_{l-1})` for the products of errors
       and of activations, plus :math:`2 (n_1 + n_2) P` for the forward and backward passes;
@@ -418,6 +497,29 @@ def dense_ntk_flops(layer_widths: Sequence[int], n1: int, n2: int, method: str) 
     * ``"ntk_vp"``: :math:`2 n_1 n_2 P + 4 n_2 P`: the tangent part of a JVP over the rows for every column (``vmap``
       shares the primal forward pass between columns), plus one VJP per column;
     * ``"matmul"``: the same count as ``"structured"`` (the size of the matrix product used as a peak reference).
+
+    Parameters
+    ----------
+    layer_widths : sequence of int
+        (d_in, n_1, ..., n_L, 1): the input dimension, the L >= 1 hidden widths and the single output; every entry
+        >= 1.
+    n1, n2 : int
+        Numbers of rows of ``x1`` and ``x2`` (>= 1).
+    method : {"structured", "jacobian", "ntk_vp", "matmul"}
+        The method whose cost is counted.
+
+    Returns
+    -------
+    float
+        The number of floating-point operations.
+
+    Raises
+    ------
+    TypeError
+        If a width, ``n1`` or ``n2`` is not an int.
+    ValueError
+        If ``method`` is not one of the four, a width, ``n1`` or ``n2`` is < 1, or ``layer_widths`` does not end in
+        1 or has no hidden layer.
     """
     check_choice(method, "method", ("structured", "jacobian", "ntk_vp", "matmul"))
     widths = [check_positive_int(w, "layer width") for w in layer_widths]

@@ -24,14 +24,31 @@ __all__ = ["FunctionSpaceTrajectory", "LinearizedModel", "function_space_gd", "g
 
 
 class LinearizedModel(nn.Module):
-    r"""The first-order Taylor expansion of ``model`` around its current weights :math:`w_0` (Lee et al. 2019):
+    r"""The first-order Taylor expansion of ``model`` around its current weights :math:`w_0`.
 
     .. math:: f_\mathrm{lin}(x; w) = f(x; w_0) + J(x)\,(w - w_0), \qquad J(x) = \partial f(x; w_0) / \partial w.
 
     A module like any other: its parameters :math:`w` start at :math:`w_0` and can be trained with
-    :func:`kdnb.core.training.fit`; the forward pass is one Jacobian-vector product (``torch.func.jvp``), so :math:`J` is
-    never formed. Only the parameters of ``model`` with ``requires_grad=True`` are linearized; the others, and the
+    :func:`kdnb.core.training.fit`; the forward pass is one Jacobian-vector product (``torch.func.jvp``), so :math:`J`
+    is never formed. Only the parameters of ``model`` with ``requires_grad=True`` are linearized; the others, and the
     buffers, stay fixed. ``model`` itself is not modified.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network f at its weights :math:`w_0`, with at least one parameter with ``requires_grad=True``. It is
+        kept by reference (not copied) and called functionally with the linearized module's weights.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``.
+    ValueError
+        If ``model`` has no parameter with ``requires_grad=True``.
+
+    References
+    ----------
+    Lee et al. 2019 (wide networks evolve as their linearization).
     """
 
     def __init__(self, model: nn.Module):
@@ -56,15 +73,39 @@ class LinearizedModel(nn.Module):
             self.register_buffer(f"_fixed_{k}", fixed[name].detach().clone())
 
     def initial_weights(self) -> dict[str, torch.Tensor]:
-        """:math:`w_0`, by the parameter names of the wrapped model."""
+        """The initial weights :math:`w_0`, by the parameter names of the wrapped model.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Each linearized parameter's initial value, keyed by its name in ``model.named_parameters()``.
+        """
         return {name: getattr(self, f"_initial_{k}") for k, name in enumerate(self._names)}
 
     def weight_change(self) -> torch.Tensor:
-        """:math:`w - w_0`, flattened into one vector."""
+        """The weight change :math:`w - w_0`, flattened into one vector.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (P,), the linearized parameters in the order of ``model.named_parameters()``.
+        """
         initial = self.initial_weights()
         return torch.cat([(w - initial[name]).reshape(-1) for name, w in zip(self._names, self.weights)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The linearized outputs :math:`f(x; w_0) + J(x)\,(w - w_0)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            A batch of inputs, as the wrapped model takes them.
+
+        Returns
+        -------
+        torch.Tensor
+            The outputs, in the shape the wrapped model returns.
+        """
         initial = self.initial_weights()
         change = {name: w - initial[name] for name, w in zip(self._names, self.weights)}
         fixed = {name: getattr(self, f"_fixed_{k}") for k, name in enumerate(self._fixed_names)}
@@ -76,7 +117,17 @@ class LinearizedModel(nn.Module):
 
 @dataclass(frozen=True)
 class FunctionSpaceTrajectory:
-    """Logits recorded during :func:`function_space_gd`: ``train`` (R, N) and ``test`` (R, M) at ``steps`` (R,)."""
+    """Logits recorded during :func:`function_space_gd` or :func:`gradient_descent_path`.
+
+    Parameters
+    ----------
+    steps : torch.Tensor
+        Shape (R,): the step numbers at which the logits were recorded, starting with 0 and ending with the last step.
+    train : torch.Tensor
+        Shape (R, N), float64: the logits on the training points at each recorded step.
+    test : torch.Tensor or None
+        Shape (R, M), float64: the logits on the test points, or ``None`` when no test points were given.
+    """
 
     steps: torch.Tensor
     train: torch.Tensor
@@ -95,7 +146,7 @@ def function_space_gd(
     record_every: int | None = None,
     progress: bool = False,
 ) -> FunctionSpaceTrajectory:
-    r"""Gradient descent of the linearized model, run in function space:
+    r"""Gradient descent of the linearized model, run in function space.
 
     .. math:: z \leftarrow z - \frac{\eta}{n} K\, \ell'(z), \qquad
               z_\mathrm{test} \leftarrow z_\mathrm{test} - \frac{\eta}{n} \Theta(X_\mathrm{test}, X)\, \ell'(z),
@@ -108,6 +159,46 @@ def function_space_gd(
     loss and learning rate can be compared with it step by step. Float64.
 
     Records the logits at step 0, every ``record_every`` steps (default: only the end) and at the last step.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        K = :math:`\Theta(X, X)`, the (N, N) Gram matrix of the training points, finite.
+    loss_gradient : callable
+        ``loss_gradient(z)`` returns the per-example derivatives :math:`\ell_i'(z_i)`, a tensor of shape (N,).
+    lr : float
+        :math:`\eta > 0`, the learning rate.
+    steps : int
+        Number of steps, >= 0.
+    kernel_test_train : torch.Tensor or None, default None
+        :math:`\Theta(X_\mathrm{test}, X)`, shape (M, N), for test logits.
+    f0 : torch.Tensor or None, default None
+        Initial training logits :math:`f_0(X)`, shape (N,); ``None``: zero.
+    f0_test : torch.Tensor or None, default None
+        Initial test logits, shape (M,); ``None``: zero. Needs ``kernel_test_train``.
+    record_every : int or None, default None
+        Record every this many steps (>= 1); ``None``: only at steps 0 and ``steps``.
+    progress : bool, default False
+        Show a bar over steps.
+
+    Returns
+    -------
+    FunctionSpaceTrajectory
+        The recorded steps and logits, float64 (``test`` is ``None`` without ``kernel_test_train``).
+
+    Raises
+    ------
+    TypeError
+        If ``kernel``, ``f0`` or ``f0_test`` is not a tensor, ``loss_gradient`` is not callable, ``lr`` is not a
+        real number, or ``steps`` or ``record_every`` is not an int.
+    ValueError
+        If ``kernel`` is not a square finite matrix, ``lr`` is not finite and > 0, ``steps`` < 0, ``record_every``
+        < 1, ``f0`` is not (N,), ``kernel_test_train`` is not (M, N), ``f0_test`` does not match it or is given
+        without it, or ``loss_gradient`` returns a tensor of another shape than (N,).
+
+    References
+    ----------
+    Lee et al. 2019 (the dynamics of the linearized network in function space).
     """
     k = check_gram(kernel)
     n = k.shape[0]
@@ -167,12 +258,51 @@ def gradient_descent_path(
     record_every: int | None = None,
     progress: bool = False,
 ) -> FunctionSpaceTrajectory:
-    r"""Train ``model`` in place by full-batch gradient descent (no momentum) on ``objective(model(inputs), *targets)``
-    and record its scalar logits as :func:`function_space_gd` does, for a step-by-step comparison.
+    r"""Train ``model`` by full-batch gradient descent and record its logits as :func:`function_space_gd` does.
 
-    With the mean-reduced loss :math:`\frac1n \sum_i \ell_i` and the same ``lr``, a :class:`LinearizedModel`
-    trained here follows :func:`function_space_gd` on its empirical NTK exactly; a real network follows it as long
-    as it stays in the linear regime. Logits are recorded in float64.
+    ``model`` is trained in place by full-batch gradient descent (no momentum) on
+    ``objective(model(inputs), *targets)``, and its scalar logits are recorded for a step-by-step comparison. With
+    the mean-reduced loss :math:`\frac1n \sum_i \ell_i` and the same ``lr``, a :class:`LinearizedModel` trained here
+    follows :func:`function_space_gd` on its empirical NTK exactly; a real network follows it as long as it stays in
+    the linear regime. Logits are recorded in float64.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network with scalar outputs (logits of shape (N,)); trained in place.
+    objective : callable
+        ``objective(outputs, *targets)`` returns the scalar, mean-reduced loss.
+    inputs : torch.Tensor
+        Training inputs, shape (N, ...), on the model's device.
+    targets : sequence of torch.Tensor or None
+        The objective's targets, each with first dimension N (or ``None``, passed through).
+    lr : float
+        Learning rate, > 0.
+    steps : int
+        Number of gradient-descent steps, >= 1.
+    test_inputs : torch.Tensor or None, default None
+        Inputs at which test logits are recorded too.
+    record_every : int or None, default None
+        Record every this many steps (>= 1); ``None``: only at steps 0 and ``steps``.
+    progress : bool, default False
+        Show a bar over steps.
+
+    Returns
+    -------
+    FunctionSpaceTrajectory
+        The recorded steps and logits, float64 (``test`` is ``None`` without ``test_inputs``).
+
+    Raises
+    ------
+    TypeError
+        If ``steps`` or ``record_every`` is not an int, or an argument is rejected by :func:`kdnb.core.training.fit`.
+    ValueError
+        If ``steps`` or ``record_every`` < 1, the model's logits are not one per example (shape (N,)), or a target
+        does not have N rows.
+
+    References
+    ----------
+    Lee et al. 2019 (a wide network trained by gradient descent follows its linearization).
     """
     steps = check_positive_int(steps, "steps")
     record_every = steps if record_every is None else check_positive_int(record_every, "record_every")

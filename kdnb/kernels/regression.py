@@ -56,11 +56,32 @@ def _residual_targets(targets, f0, n: int, device) -> torch.Tensor:
 
 
 def cholesky_with_jitter(kernel: torch.Tensor, jitter: float = DEFAULT_JITTER) -> torch.Tensor:
-    r"""Lower Cholesky factor L of :math:`K + \epsilon\, \overline{\mathrm{diag} K}\, I` in float64,
-    :math:`\epsilon` = ``jitter`` (default 1e-10).
+    r"""Lower Cholesky factor of a Gram matrix with a stated jitter on its diagonal, in float64.
 
-    Raises ``ValueError`` if ``kernel`` is not symmetric (to 1e-8 relative) or not positive definite even with the
-    jitter (duplicate inputs, or a kernel that is not a kernel).
+    The factor L of :math:`K + \epsilon\, \overline{\mathrm{diag} K}\, I`, with :math:`\epsilon` = ``jitter`` and
+    :math:`\overline{\mathrm{diag} K}` the mean of the diagonal. Nothing is clipped: a matrix that is still not
+    positive definite raises.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        K, a symmetric (N, N) Gram matrix with finite entries (any floating dtype; used in float64).
+    jitter : float, default 1e-10
+        :math:`\epsilon \ge 0`, relative to the mean diagonal.
+
+    Returns
+    -------
+    torch.Tensor
+        L, lower triangular, (N, N) float64, with :math:`L L^\top = K + \epsilon\, \overline{\mathrm{diag} K}\, I`.
+
+    Raises
+    ------
+    TypeError
+        If ``kernel`` is not a tensor.
+    ValueError
+        If ``kernel`` is not a square finite floating-point matrix, ``jitter`` is negative or not finite, ``kernel``
+        is not symmetric (to 1e-8 relative) or not positive definite even with the jitter (duplicate inputs, or a
+        kernel that is not a kernel).
     """
     k = check_gram(kernel)
     jitter = float(jitter)
@@ -83,7 +104,22 @@ class KernelRegression:
 
     With :math:`r = z - f_0(X)`: coefficients :math:`a = K^{-1} r`, predictions
     :math:`f(x) = f_0(x) + \Theta(x, X)\, a`, and weight change :math:`\Delta \hat w = \Phi a` with
-    :math:`\|\Delta \hat w\|^2 = r^\top K^{-1} r` (computed without forming the features :math:`\Phi`).
+    :math:`\|\Delta \hat w\|^2 = r^\top K^{-1} r` (computed without forming the features :math:`\Phi`). Built by
+    :func:`kernel_regression`.
+
+    Parameters
+    ----------
+    coefficients : torch.Tensor
+        :math:`a = K^{-1} r`, shape (N,) or (N, k), float64.
+    factor : torch.Tensor
+        The lower Cholesky factor of the jittered K (:func:`cholesky_with_jitter`), (N, N) float64.
+    residual_targets : torch.Tensor
+        :math:`r = z - f_0(X)`, the shape of ``coefficients``, float64.
+
+    References
+    ----------
+    Jacot, Gabriel & Hongler 2018; Lee et al. 2019 (a wide network trained to convergence is this kernel regression
+    with its NTK).
     """
 
     coefficients: torch.Tensor
@@ -96,7 +132,28 @@ class KernelRegression:
         return (self.residual_targets * self.coefficients).sum(0).clamp_min(0).sqrt()
 
     def predict(self, kernel_test_train: torch.Tensor, f0_test: torch.Tensor | None = None) -> torch.Tensor:
-        """Predictions :math:`f_0(x) + \\Theta(x, X) a` at test points; ``kernel_test_train`` is (M, N)."""
+        """Predictions :math:`f_0(x) + \\Theta(x, X) a` at test points.
+
+        Parameters
+        ----------
+        kernel_test_train : torch.Tensor
+            :math:`\\Theta(X_\\mathrm{test}, X)`, shape (M, N).
+        f0_test : torch.Tensor or None, default None
+            Initial outputs at the test points, (M,) or (M, k) (an (M,) vector is shared by the k columns);
+            ``None``: zero.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (M,) or (M, k), float64.
+
+        Raises
+        ------
+        TypeError
+            If ``f0_test`` is not a tensor.
+        ValueError
+            If ``kernel_test_train`` is not an (M, N) matrix, or ``f0_test`` has another shape or non-finite entries.
+        """
         if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2:
             raise ValueError("kernel_test_train must be an (M, N) matrix Θ(X_test, X_train)")
         n = self.coefficients.shape[0]
@@ -114,12 +171,35 @@ def kernel_regression(
     f0: torch.Tensor | None = None,
     jitter: float = DEFAULT_JITTER,
 ) -> KernelRegression:
-    r"""Solve kernel regression, :math:`a = K^{-1}(z - f_0)`, by one Cholesky factorisation (float64, jitter as in
-    :func:`cholesky_with_jitter`).
+    r"""Solve kernel regression, :math:`a = K^{-1}(z - f_0)`, by one Cholesky factorisation.
 
-    ``targets`` are (N,) or (N, k) (k right-hand sides at once, e.g. one per soft ratio); ``f0`` are the initial
-    outputs on the training points (``None``: zero, as with :class:`kdnb.core.models.AntisymmetricPair`). Any loss convex
-    in the logits whose per-example minimiser is z leads gradient flow from :math:`w_0` to this solution.
+    Float64, jitter as in :func:`cholesky_with_jitter`. Any loss convex in the logits whose per-example minimiser is
+    z leads gradient flow from :math:`w_0` to this solution.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        K = :math:`\Theta(X, X)`, a symmetric positive definite (N, N) Gram matrix.
+    targets : torch.Tensor
+        z, (N,) or (N, k): k right-hand sides at once (e.g. one per soft ratio), finite.
+    f0 : torch.Tensor or None, default None
+        The initial outputs :math:`f_0(X)` on the training points, the shape of ``targets`` or (N,) shared by its k
+        columns; ``None``: zero, as with :class:`kdnb.core.models.AntisymmetricPair`.
+    jitter : float, default 1e-10
+        Relative diagonal jitter of the factorisation (:func:`cholesky_with_jitter`), >= 0.
+
+    Returns
+    -------
+    KernelRegression
+        The coefficients, the factor and the residual targets :math:`z - f_0`.
+
+    Raises
+    ------
+    TypeError
+        If ``kernel``, ``targets`` or ``f0`` is not a tensor.
+    ValueError
+        As :func:`cholesky_with_jitter`, or if ``targets`` is not (N,) or (N, k) with finite floating entries, or
+        ``f0`` does not match it.
     """
     factor = cholesky_with_jitter(kernel, jitter)
     z = _residual_targets(targets, f0, factor.shape[0], factor.device)
@@ -142,7 +222,31 @@ def weight_change_norm(
 
     With ``prefixes=True`` it returns :math:`\|\Delta \hat w_n\|` for *every* prefix n = 1..N of the training points
     at once, from one factorisation :math:`K = L L^\top`: with :math:`v = L^{-1} r`, the leading n x n block of K has
-    Cholesky factor :math:`L_{:n,:n}`, so :math:`\|\Delta \hat w_n\|^2 = \sum_{i \le n} v_i^2`. Shape (N,) or (N, k).
+    Cholesky factor :math:`L_{:n,:n}`, so :math:`\|\Delta \hat w_n\|^2 = \sum_{i \le n} v_i^2`.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        K, a symmetric positive definite (N, N) Gram matrix.
+    targets : torch.Tensor
+        z, (N,) or (N, k), finite.
+    f0 : torch.Tensor or None, default None
+        Initial outputs on the training points, as in :func:`kernel_regression`; ``None``: zero.
+    prefixes : bool, default False
+        Return the norm for every prefix n = 1..N instead of only for all N points.
+    jitter : float, default 1e-10
+        Relative diagonal jitter of the factorisation (:func:`cholesky_with_jitter`), >= 0.
+
+    Returns
+    -------
+    torch.Tensor
+        Float64. Without ``prefixes``: a scalar for (N,) targets, (k,) for (N, k). With ``prefixes``: (N,) or
+        (N, k), entry n - 1 for the first n points.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`kernel_regression`.
     """
     factor = cholesky_with_jitter(kernel, jitter)
     r = _residual_targets(targets, f0, factor.shape[0], factor.device)
@@ -169,7 +273,31 @@ class NestedKernelRegression:
       :math:`s_n^2`;
     * the coefficients :math:`a_n = K_n^{-1} r_n = L_n^{-\top} v_{:n}` cost O(n²) each (:meth:`coefficients`).
 
-    ``targets`` are (N,) or (N, k): k right-hand sides solved together (e.g. one per soft ratio).
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        K, the symmetric positive definite (N, N) Gram matrix of the whole sample, in its order (the prefixes are its
+        leading blocks).
+    targets : torch.Tensor
+        z, (N,) or (N, k): k right-hand sides solved together (e.g. one per soft ratio), finite.
+    f0 : torch.Tensor or None, default None
+        Initial outputs on the sample, as in :func:`kernel_regression`; ``None``: zero.
+    jitter : float, default 1e-10
+        Relative diagonal jitter of the factorisation (:func:`cholesky_with_jitter`), >= 0.
+
+    Attributes
+    ----------
+    factor : torch.Tensor
+        L, (N, N) float64.
+    residual_targets : torch.Tensor
+        r, (N, k) float64 (k = 1 for (N,) targets).
+    whitened : torch.Tensor
+        :math:`v = L^{-1} r`, (N, k) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`kernel_regression`.
     """
 
     def __init__(self, kernel: torch.Tensor, targets: torch.Tensor, *, f0: torch.Tensor | None = None,
@@ -195,11 +323,37 @@ class NestedKernelRegression:
         return n
 
     def norms(self) -> torch.Tensor:
-        r""":math:`\|\Delta\hat w_n\|` for n = 1..N: (N,) or (N, k)."""
+        r"""The norms :math:`\|\Delta\hat w_n\| = \sqrt{\sum_{i \le n} v_i^2}` of every prefix's weight change.
+
+        Returns
+        -------
+        torch.Tensor
+            Float64, (N,) or (N, k) as the targets; entry n - 1 for the first n points.
+        """
         return self._shape(self.whitened.square().cumsum(0).sqrt())
 
     def coefficients(self, n: int) -> torch.Tensor:
-        r""":math:`a_n = K_n^{-1} r_n`, so that :math:`\Delta\hat w_n = \Phi_n a_n`: (n,) or (n, k)."""
+        r"""The coefficients :math:`a_n = K_n^{-1} r_n` of the first n points.
+
+        They give the weight change :math:`\Delta\hat w_n = \Phi_n a_n`.
+
+        Parameters
+        ----------
+        n : int
+            The prefix size, in [1, N].
+
+        Returns
+        -------
+        torch.Tensor
+            Float64, (n,) or (n, k) as the targets.
+
+        Raises
+        ------
+        TypeError
+            If ``n`` is not an int.
+        ValueError
+            If ``n`` is not in [1, N].
+        """
         n = self._check_n(n)
         a = torch.linalg.solve_triangular(self.factor[:n, :n].T, self.whitened[:n], upper=True)
         return self._shape(a)
@@ -207,8 +361,30 @@ class NestedKernelRegression:
     def predict(self, n: int, kernel_test_train: torch.Tensor, f0_test: torch.Tensor | None = None) -> torch.Tensor:
         r"""The student trained on the first n points at test inputs, :math:`f_0(x) + \Theta(x, X_n)\, a_n`.
 
-        ``kernel_test_train`` is :math:`\Theta(X_\mathrm{test}, X_m)` for any m >= n (only its first n columns are
-        used, so one test kernel against the whole sample serves every n)."""
+        Parameters
+        ----------
+        n : int
+            The prefix size, in [1, N].
+        kernel_test_train : torch.Tensor
+            :math:`\Theta(X_\mathrm{test}, X_m)`, shape (M, m), for any m >= n (only its first n columns are used, so
+            one test kernel against the whole sample serves every n).
+        f0_test : torch.Tensor or None, default None
+            Initial outputs at the test points, (M,) or (M, k) (an (M,) vector is shared by the k columns);
+            ``None``: zero.
+
+        Returns
+        -------
+        torch.Tensor
+            Float64, (M,) or (M, k) as the targets.
+
+        Raises
+        ------
+        TypeError
+            If ``n`` is not an int, or ``f0_test`` is not a floating-point tensor.
+        ValueError
+            If ``n`` is not in [1, N], ``kernel_test_train`` is not a matrix with at least n columns, or ``f0_test``
+            does not have M rows or is not finite.
+        """
         n = self._check_n(n)
         if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2:
             raise ValueError("kernel_test_train must be an (M, m) matrix Θ(X_test, X_train) with m >= n")
@@ -223,9 +399,20 @@ class NestedKernelRegression:
         return out
 
     def oracle_angles(self) -> torch.Tensor:
-        r"""Angles :math:`\bar\alpha_n = \angle(\Delta\hat w_n, \Delta\hat w_N)` for n = 1..N, in radians, from the
-        projection identity :math:`\cos\bar\alpha_n = \|\Delta\hat w_n\| / \|\Delta\hat w_N\|` (valid because the
-        samples are nested). The whole sample plays the oracle: report N."""
+        r"""Angles :math:`\bar\alpha_n = \angle(\Delta\hat w_n, \Delta\hat w_N)` between prefixes and the whole sample.
+
+        From the projection identity :math:`\cos\bar\alpha_n = \|\Delta\hat w_n\| / \|\Delta\hat w_N\|` (valid because
+        the samples are nested). The whole sample plays the oracle: report N.
+
+        Returns
+        -------
+        torch.Tensor
+            Radians in :math:`[0, \pi/2]`, float64, (N,) or (N, k) as the targets; entry n - 1 for the first n points.
+
+        References
+        ----------
+        Ji & Zhu 2020, Theorem 1 (the student-oracle angle :math:`\bar\alpha_n`).
+        """
         norms = self.whitened.square().cumsum(0).sqrt()
         cosine = norms / norms[-1:]
         # The ratio exceeds 1 only by rounding (a projection cannot be longer than the vector).
@@ -234,13 +421,37 @@ class NestedKernelRegression:
 
 def weight_change_cosine(kernel: torch.Tensor, coefficients_1: torch.Tensor,
                          coefficients_2: torch.Tensor) -> torch.Tensor:
-    r"""Cosine of the angle between :math:`\Delta w_1 = \Phi_1 a_1` and :math:`\Delta w_2 = \Phi_2 a_2`, from the
-    kernel alone: :math:`\cos = a_1^\top K_{12} a_2 / \sqrt{(a_1^\top K_{11} a_1)(a_2^\top K_{22} a_2)}`.
+    r"""Cosine of the angle between two weight changes, from the kernel alone.
+
+    For :math:`\Delta w_1 = \Phi_1 a_1` and :math:`\Delta w_2 = \Phi_2 a_2`:
+    :math:`\cos = a_1^\top K_{12} a_2 / \sqrt{(a_1^\top K_{11} a_1)(a_2^\top K_{22} a_2)}`.
 
     ``kernel`` is the (N, N) Gram matrix of a sample whose first n1 points carry ``coefficients_1`` and whose first
     n2 points carry ``coefficients_2`` (for a student and an oracle proxy: n1 = n, n2 = N). Coefficients are (n1,)
     and (n2,), or (n1, k) and (n2, k): one cosine per column. This is the direct formula that
     :meth:`NestedKernelRegression.oracle_angles` replaces by a ratio of norms.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        The (N, N) Gram matrix of the sample, finite.
+    coefficients_1 : torch.Tensor
+        :math:`a_1`, (n1,) or (n1, k), n1 <= N, for the first n1 points.
+    coefficients_2 : torch.Tensor
+        :math:`a_2`, (n2,) or (n2, k) with the same k, n2 <= N, for the first n2 points.
+
+    Returns
+    -------
+    torch.Tensor
+        The cosine(s) in [-1, 1] up to rounding, float64: a scalar, or (k,).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not a tensor, or the coefficients are not floating point.
+    ValueError
+        If ``kernel`` is not a square finite floating-point matrix, the coefficients are not finite, have more rows
+        than the kernel has points, or are not (n,) or (n, k) with the same k.
     """
     k = check_gram(kernel)
     a1 = check_finite_tensor(coefficients_1, "coefficients_1").to(k.device, torch.float64)
@@ -259,8 +470,10 @@ def weight_change_cosine(kernel: torch.Tensor, coefficients_1: torch.Tensor,
 
 
 class KernelGradientFlow:
-    r"""A linearized wide network (f0 ≡ 0) trained by gradient flow on :math:`\frac{1}{2n_t}\sum_i (f(x_i) - y_i)^2`
-    for time :math:`\tau` (learning rate x steps), in closed form.
+    r"""A linearized wide network trained by gradient flow on the squared loss for a time :math:`\tau`, in closed form.
+
+    The network has f0 ≡ 0; the loss is :math:`\frac{1}{2n_t}\sum_i (f(x_i) - y_i)^2` and :math:`\tau` is learning
+    rate x steps.
 
     With :math:`K_t = V \mathrm{diag}(\lambda) V^\top` (float64 eigendecomposition) the teacher is
     :math:`f^\tau(x) = \Theta(x, X_t)\, c_\tau`,
@@ -273,6 +486,37 @@ class KernelGradientFlow:
     the detail (small-eigenvalue directions) arrives last (Ji & Zhu 2020, Fig. 4). As :math:`\tau \to \infty` the
     teacher becomes the interpolant :math:`K_t^{-1} Y_t`. Eigenvalues at or below rounding level
     (:math:`10^{-13}\lambda_\max`) are treated as zero, where the factor is its limit :math:`\tau/n_t`.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        :math:`K_t`, the symmetric (n_t, n_t) Gram matrix of the teacher's training points, finite.
+    targets : torch.Tensor
+        :math:`Y_t`, shape (n_t,), finite.
+
+    Attributes
+    ----------
+    kernel : torch.Tensor
+        :math:`K_t` in float64.
+    eigenvalues, eigenvectors : torch.Tensor
+        :math:`\lambda` (n_t,) and V (n_t, n_t), float64.
+    projected_targets : torch.Tensor
+        :math:`V^\top Y_t`, (n_t,).
+    size : int
+        :math:`n_t`.
+
+    Raises
+    ------
+    TypeError
+        If ``kernel`` is not a tensor, or ``targets`` is not a floating-point tensor.
+    ValueError
+        If ``kernel`` is not a square, finite, symmetric floating-point matrix, or ``targets`` is not finite of shape
+        (n_t,).
+
+    References
+    ----------
+    Jacot, Gabriel & Hongler 2018 (for the squared loss the linearized network follows a linear ODE); Ji & Zhu 2020,
+    Fig. 4 (teachers stopped early).
     """
 
     def __init__(self, kernel: torch.Tensor, targets: torch.Tensor):
@@ -301,21 +545,70 @@ class KernelGradientFlow:
         return factor, scalar
 
     def coefficients(self, tau) -> torch.Tensor:
-        r""":math:`c_\tau`: (n_t,) for a number ``tau``, (n_t, len(tau)) for a sequence."""
+        r"""The teacher's coefficients :math:`c_\tau` after training time ``tau``.
+
+        Parameters
+        ----------
+        tau : float or sequence of float
+            Training time(s) :math:`\tau` (learning rate x steps), each finite and > 0.
+
+        Returns
+        -------
+        torch.Tensor
+            Float64: (n_t,) for a number ``tau``, (n_t, len(tau)) for a sequence.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If a ``tau`` is not a real number, or not finite and > 0, or the sequence is empty.
+        """
         factor, scalar = self._factors(tau)
         c = self.eigenvectors @ (factor * self.projected_targets[:, None])
         return c[:, 0] if scalar else c
 
     def logits(self, kernel_test_train: torch.Tensor, tau) -> torch.Tensor:
-        r"""Teacher logits :math:`f^\tau(x) = \Theta(x, X_t)\, c_\tau` at test points (rows of
-        ``kernel_test_train``, shape (M, n_t))."""
+        r"""Teacher logits :math:`f^\tau(x) = \Theta(x, X_t)\, c_\tau` at test points.
+
+        Parameters
+        ----------
+        kernel_test_train : torch.Tensor
+            :math:`\Theta(X_\mathrm{test}, X_t)`, shape (M, n_t): one row per test point.
+        tau : float or sequence of float
+            Training time(s), each finite and > 0.
+
+        Returns
+        -------
+        torch.Tensor
+            Float64: (M,) for a number ``tau``, (M, len(tau)) for a sequence.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``kernel_test_train`` is not an (M, n_t) matrix, or ``tau`` is invalid (see :meth:`coefficients`).
+        """
         if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2 \
                 or kernel_test_train.shape[1] != self.size:
             raise ValueError(f"kernel_test_train must be an (M, {self.size}) matrix Θ(X_test, X_teacher)")
         return kernel_test_train.to(self.kernel.device, torch.float64) @ self.coefficients(tau)
 
     def weight_change_norm(self, tau) -> torch.Tensor:
-        r""":math:`\|\Delta w_t(\tau)\|`, a scalar or (len(tau),)."""
+        r"""The norm :math:`\|\Delta w_t(\tau)\| = \sqrt{c_\tau^\top K_t c_\tau}` of the teacher's weight change.
+
+        Parameters
+        ----------
+        tau : float or sequence of float
+            Training time(s), each finite and > 0.
+
+        Returns
+        -------
+        torch.Tensor
+            Float64: a scalar for a number ``tau``, (len(tau),) for a sequence.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``tau`` is invalid (see :meth:`coefficients`).
+        """
         factor, scalar = self._factors(tau)
         lam = self.eigenvalues.clamp_min(0)[:, None]
         squares = (lam * factor.square() * self.projected_targets[:, None].square()).sum(0)

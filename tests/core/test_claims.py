@@ -1,49 +1,203 @@
-"""Claims: verdicts, assertion by profile, known failures, saving and loading."""
+"""Claims, checks and records: verdicts, assertion by profile, known failures, intervals, saving and loading."""
 
 import json
 
+import numpy as np
 import pytest
 
-from kdnb.core.claims import ClaimError, ClaimSet, claims_directory, load_claims
+from kdnb.core.claims import (
+    Claim,
+    ClaimError,
+    ClaimSet,
+    bootstrap_interval,
+    claims_directory,
+    load_claims,
+)
+
+SRC = dict(source="Fig. 1")
 
 
-def test_numeric_and_boolean_claims(tmp_path):
+def claim(claims, claim_id, measured, **kwargs):
+    return claims.claim(claim_id, "s", measured, **{**SRC, "threshold": "paper", **kwargs})
+
+
+def test_claim_verdicts_for_numbers_and_bools(tmp_path):
     claims = ClaimSet("ch", profile="default", directory=tmp_path)
-    assert claims.check("in", "s", 0.5, low=0.4, high=0.6).verdict == "reproduced"
-    assert claims.check("low", "s", 0.3, low=0.4).holds is False
-    assert claims.check("high", "s", 0.3, high=0.4).expected == "≤ 0.4"
-    assert claims.check("bool", "s", True, expected=True).measured_text == "yes"
-    assert claims.check("nan", "s", float("nan"), low=0.0).holds is False
-    table = claims.table()
-    assert len(table) == 5 and list(table.columns)[-1] == "verdict"
+    assert claim(claims, "in", 0.5, low=0.4, high=0.6).verdict == "reproduced"
+    assert claim(claims, "edge", 0.4, low=0.4, high=0.6).holds is True  # bounds are inclusive
+    assert claim(claims, "low", 0.3, low=0.4).holds is False
+    assert claim(claims, "high", 0.3, high=0.4).expected == "≤ 0.4"
+    assert claim(claims, "bool", True, expected=True).measured_text == "yes"
+    assert claim(claims, "bool-no", False, expected=True).verdict == "not reproduced"
+    assert claim(claims, "nan", float("nan"), low=0.0).holds is False
+    assert claim(claims, "numpy", np.float32(0.5), low=0.4).measured == 0.5
+    entry = claims.claims[0]
+    assert (entry.kind, entry.source, entry.threshold, entry.interval, entry.n_samples) == (
+        "claim", "Fig. 1", "paper", None, None)
 
 
-def test_report_asserts_at_default_but_not_at_smoke(tmp_path):
+def test_check_verdicts_and_threshold(tmp_path):
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    ok = claims.check("identity", "s", 1e-12, high=1e-9, **SRC)
+    bad = claims.check("broken", "s", 1e-3, high=1e-9, threshold="calibrated", **SRC)
+    assert (ok.kind, ok.verdict, ok.holds, ok.threshold) == ("check", "holds", True, "exact")
+    assert (bad.verdict, bad.holds, bad.threshold) == ("fails", False, "calibrated")
+    assert claims.check("yes", "s", True, expected=True, **SRC).verdict == "holds"
+
+
+def test_records_are_shown_never_asserted(tmp_path):
+    claims = ClaimSet("ch", profile="full", directory=tmp_path)
+    outside = claims.record("outside", "s", 0.1, low=10.0, source="the book's own")
+    bare = claims.record("bare", "s", float("nan"), source="the book's own")
+    inside = claims.record("inside", "s", [1.0, 2.0, 3.0], high=5.0, source="the book's own")
+    assert {outside.verdict, bare.verdict, inside.verdict} == {"recorded"}
+    assert (outside.holds, bare.holds, inside.holds) == (False, None, True)
+    assert (outside.expected, bare.expected, outside.threshold) == ("≥ 10", "—", None)
+    table = claims.report()  # a record outside its reference range does not raise, even at "full"
+    assert list(table["verdict"]) == ["recorded"] * 3
+    assert table.loc[("record (not asserted)", "outside"), "expected"] == "reference ≥ 10"
+
+
+def test_report_asserts_claims_and_checks_at_default_but_not_at_smoke(tmp_path):
     failing = ClaimSet("ch", profile="default", directory=tmp_path)
-    failing.check("bad", "s", 0.1, low=0.5)
-    with pytest.raises(ClaimError, match="bad: measured 0.1, expected ≥ 0.5"):
+    claim(failing, "bad", 0.1, low=0.5)
+    failing.check("bad-check", "s", 0.2, high=0.1, **SRC)
+    failing.record("bad-record", "s", 0.3, high=0.1, **SRC)
+    with pytest.raises(ClaimError, match="1 claim\\(s\\) and 1 check\\(s\\) of ch") as error:
         failing.report()
+    message = str(error.value)
+    assert "claim bad: measured 0.1, expected ≥ 0.5" in message
+    assert "check bad-check: measured 0.2, expected ≤ 0.1" in message
+    assert "bad-record" not in message
     assert (tmp_path / "ch.default.json").is_file()  # saved before raising, for the scorecard
 
+    only_check = ClaimSet("ch2", profile="default", directory=tmp_path)
+    only_check.check("bad-check", "s", 0.2, high=0.1, **SRC)
+    with pytest.raises(ClaimError, match="1 check\\(s\\) of ch2"):
+        only_check.report()
+
     smoke = ClaimSet("ch", profile="smoke", directory=tmp_path)
-    smoke.check("bad", "s", 0.1, low=0.5)
-    assert len(smoke.report()) == 1
+    claim(smoke, "bad", 0.1, low=0.5)
+    smoke.check("bad-check", "s", 0.2, high=0.1, **SRC)
+    assert len(smoke.report()) == 2
 
 
 def test_known_failures_are_reported_not_raised(tmp_path):
     claims = ClaimSet("ch", profile="full", directory=tmp_path)
-    claims.check("known", "s", 0.1, low=0.5, known_failure="too small here")
-    claims.check("surprise", "s", 0.9, low=0.5, known_failure="used to fail")
+    claim(claims, "known", 0.1, low=0.5, known_failure="too small here")
+    claim(claims, "surprise", 0.9, low=0.5, known_failure="used to fail")
     claims.report()
     loaded = {c.id: c for c in load_claims(tmp_path, profile="full")}
     assert loaded["known"].verdict == "not reproduced (known)"
     assert loaded["surprise"].verdict == "reproduced (expected to fail)"
 
 
+def test_table_puts_claims_then_checks_then_records(tmp_path):
+    claims = ClaimSet("ch", profile="smoke", directory=tmp_path)
+    claims.record("r", "s", 1.0, **SRC)
+    claims.check("k", "s", 0.0, high=0.0, **SRC)
+    claim(claims, "c1", 1.0, low=0.0)
+    claim(claims, "c2", [1.0, 2.0], low=0.0)
+    table = claims.table()
+    assert [i for _, i in table.index] == ["c1", "c2", "k", "r"]
+    assert [k for k, _ in table.index] == ["claim of the paper"] * 2 + ["consistency check", "record (not asserted)"]
+    assert list(table.columns) == ["statement", "source", "threshold", "measured", "expected", "verdict"]
+    assert table.loc[("claim of the paper", "c2"), "measured"].startswith("1.5 [")
+
+
+def test_samples_are_decided_on_the_interval_not_the_mean(tmp_path):
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    noisy = [0.0, 1.0, 0.0, 1.0, 0.2, 0.8]  # mean 0.5, interval reaches well below 0.4 and above 0.6
+    mean_passes = claim(claims, "mean-passes", noisy, low=0.4)
+    assert mean_passes.measured == pytest.approx(0.5) and mean_passes.interval[0] < 0.4
+    assert mean_passes.holds is False and mean_passes.verdict == "not reproduced"
+    assert claim(claims, "mean-passes-high", noisy, high=0.6).holds is False
+    assert claim(claims, "mean-passes-both", noisy, low=0.4, high=0.6).holds is False
+
+    tight = [0.50, 0.51, 0.49, 0.50, 0.52, 0.48]  # mean 0.5, interval inside [0.45, 0.55]
+    lo, hi = bootstrap_interval(tight)
+    assert 0.45 < lo < 0.5 < hi < 0.55
+    assert claim(claims, "tight-low", tight, low=0.45).holds is True
+    assert claim(claims, "tight-high", tight, high=0.55).holds is True
+    assert claim(claims, "tight-both", tight, low=0.45, high=0.55).holds is True
+    # a bound between the interval's lower end and the mean: the mean passes, the interval does not
+    assert claim(claims, "between-lo-and-mean", tight, low=(lo + 0.5) / 2).holds is False
+    check = claims.check("check-samples", "s", tight, low=0.45, high=0.55, **SRC)
+    assert check.verdict == "holds" and check.n_samples == 6 and check.interval == (lo, hi)
+    assert claims.check("check-fails", "s", tight, high=(hi + 0.5) / 2, **SRC).verdict == "fails"
+
+
+def test_interval_ends_bound_a_passing_claim_exactly(tmp_path):
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    samples = np.random.default_rng(3).normal(1.0, 0.2, size=12)
+    lo, hi = bootstrap_interval(samples)
+    assert claim(claims, "at-lo", samples, low=lo).holds is True
+    assert claim(claims, "above-lo", samples, low=np.nextafter(lo, np.inf)).holds is False
+    assert claim(claims, "at-hi", samples, high=hi).holds is True
+    assert claim(claims, "below-hi", samples, high=np.nextafter(hi, -np.inf)).holds is False
+
+
+def test_bootstrap_is_deterministic_and_degenerate_samples_do_not_crash(tmp_path):
+    samples = np.random.default_rng(7).exponential(size=20)
+    assert bootstrap_interval(samples) == bootstrap_interval(list(samples)) == bootstrap_interval(samples.copy())
+    assert bootstrap_interval(samples, seed=1) != bootstrap_interval(samples)
+    assert bootstrap_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    flat = claim(claims, "flat", [2.0, 2.0], low=2.0, high=2.0)
+    assert (flat.interval, flat.holds, flat.measured_text) == ((2.0, 2.0), True, "2 [2, 2]")
+    two = bootstrap_interval([1.0, 2.0])  # the smallest sample: an interval inside the data's range
+    assert 1.0 <= two[0] <= 1.5 <= two[1] <= 2.0
+
+
+def test_bootstrap_matches_a_plain_percentile_bootstrap_and_the_normal_interval():
+    rng = np.random.default_rng(11)
+    samples = rng.normal(3.0, 2.0, size=40)
+    lo, hi = bootstrap_interval(samples)
+    # a percentile bootstrap written from scratch, with a different generator
+    means = rng.choice(samples, size=(20000, samples.size), replace=True).mean(axis=1)
+    p_lo, p_hi = np.quantile(means, [0.025, 0.975])
+    width = p_hi - p_lo
+    assert abs(lo - p_lo) < 0.1 * width and abs(hi - p_hi) < 0.1 * width
+    # and the normal-theory interval mean ± 1.96 sd / √n
+    half = 1.96 * samples.std(ddof=1) / np.sqrt(samples.size)
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.2)
+    assert (lo + hi) / 2 == pytest.approx(samples.mean(), abs=0.2 * half)
+
+
+def test_save_load_round_trip_keeps_every_field(tmp_path):
+    claims = ClaimSet("ch01", profile="default", directory=tmp_path)
+    claim(claims, "x", 1.0, low=0.0, known_failure=None, note="n")
+    claims.claim("samples", "s", [1.0, 2.0, 4.0], low=0.0, source="Theorem 1", threshold="calibrated")
+    claims.check("c", "s", True, expected=True, source="Sec. 3")
+    claims.record("r", "s", float("nan"), high=1.0, source="the book's own")
+    claims.save()
+    payload = json.loads((tmp_path / "ch01.default.json").read_text())
+    saved = payload["claims"][1]
+    assert saved["kind"] == "claim" and saved["threshold"] == "calibrated" and saved["source"] == "Theorem 1"
+    assert saved["n_samples"] == 3 and saved["measured"] == pytest.approx(7 / 3) and len(saved["interval"]) == 2
+    old_fields = ["chapter", "id", "statement", "measured", "expected", "holds", "verdict", "profile",
+                  "known_failure", "note"]
+    assert list(payload["claims"][0])[:len(old_fields)] == old_fields
+    loaded = load_claims(tmp_path, "default")
+    assert [c.kind for c in loaded] == ["claim", "claim", "check", "record"]
+    for before, after in zip(claims.claims[:3], loaded[:3]):
+        assert before == after
+    assert loaded[1].interval == claims.claims[1].interval and isinstance(loaded[1].interval, tuple)
+    assert np.isnan(loaded[3].measured) and loaded[3].verdict == "recorded"
+
+
+def test_load_reads_files_written_before_kinds_existed(tmp_path):
+    old = {"chapter": "ch", "id": "x", "statement": "s", "measured": 1.0, "expected": "≥ 0", "holds": True,
+           "verdict": "reproduced", "profile": "default", "known_failure": None, "note": ""}
+    (tmp_path / "ch.default.json").write_text(json.dumps({"chapter": "ch", "profile": "default", "claims": [old]}))
+    (entry,) = load_claims(tmp_path, "default")
+    assert isinstance(entry, Claim) and entry.kind == "claim" and entry.interval is None and entry.source == ""
+
+
 def test_save_load_round_trip_is_per_profile(tmp_path):
     for profile in ("smoke", "default"):
         c = ClaimSet("ch01", profile=profile, directory=tmp_path)
-        c.check("x", "statement", 1.0 if profile == "default" else 2.0, low=0.0)
+        claim(c, "x", 1.0 if profile == "default" else 2.0, low=0.0)
         c.save()
     payload = json.loads((tmp_path / "ch01.default.json").read_text())
     assert payload["profile"] == "default" and payload["claims"][0]["measured"] == 1.0
@@ -54,26 +208,77 @@ def test_save_load_round_trip_is_per_profile(tmp_path):
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(claim_id=""), ValueError, "claim_id must be a non-empty string"),
-    (dict(statement=" "), ValueError, "statement must be"),
+    (dict(statement=" "), ValueError, "statement must"),
+    (dict(source=""), ValueError, "source must name"),
+    (dict(source=None), ValueError, "source must name"),
+    (dict(threshold="exact"), ValueError, "threshold of a claim must be one of"),
+    (dict(threshold=None), ValueError, "threshold of a claim must be one of"),
     (dict(low=None), ValueError, "needs low, high or both"),
+    (dict(low=float("nan")), ValueError, "low must not be NaN"),
+    (dict(low="0"), TypeError, "low must be a real number"),
+    (dict(high=True), TypeError, "high must be a real number"),
+    (dict(low=1.0, high=0.0), ValueError, "low must be <= high"),
     (dict(expected=True), ValueError, "either expected"),
+    (dict(low=None, expected=1), TypeError, "expected must be a bool"),
+    (dict(low=None, expected=True, measured=[True, False]), TypeError, "single yes/no value"),
     (dict(measured=True), TypeError, "measured is a bool"),
+    (dict(measured="1.0"), TypeError, "measured must be a number"),
+    (dict(measured=[1.0]), ValueError, "at least 2"),
+    (dict(measured=[]), ValueError, "at least 2"),
+    (dict(measured=[1.0, float("nan")]), ValueError, "measured must be finite"),
+    (dict(measured=[1.0, float("inf")]), ValueError, "measured must be finite"),
+    (dict(measured=[[1.0, 2.0]]), ValueError, "must be 1-D"),
+    (dict(measured=[True, False]), TypeError, "real numbers"),
+    (dict(known_failure=" "), ValueError, "known_failure must be"),
+    (dict(note=None), TypeError, "note must be a string"),
 ])
 def test_bad_claims(tmp_path, kwargs, error, message):
-    args = dict(claim_id="c", statement="s", measured=1.0, low=0.0)
+    args = dict(claim_id="c", statement="s", measured=1.0, low=0.0, source="Fig. 1", threshold="paper")
     args.update(kwargs)
     with pytest.raises(error, match=message):
-        ClaimSet("ch", profile="smoke", directory=tmp_path).check(args.pop("claim_id"), args.pop("statement"),
+        ClaimSet("ch", profile="smoke", directory=tmp_path).claim(args.pop("claim_id"), args.pop("statement"),
                                                                   args.pop("measured"), **args)
+
+
+def test_bad_checks_and_records(tmp_path):
+    claims = ClaimSet("ch", profile="smoke", directory=tmp_path)
+    with pytest.raises(ValueError, match="threshold of a check must be one of"):
+        claims.check("c", "s", 0.0, high=0.0, source="x", threshold="paper")
+    with pytest.raises(ValueError, match="a numeric check needs low, high or both"):
+        claims.check("c", "s", 0.0, source="x")
+    with pytest.raises(TypeError, match="known_failure"):
+        claims.check("c", "s", 0.0, high=0.0, source="x", known_failure="no")
+    with pytest.raises(TypeError, match="threshold"):
+        claims.record("r", "s", 0.0, source="x", threshold="paper")
+    with pytest.raises(TypeError, match="source"):
+        claims.record("r", "s", 0.0)
+    with pytest.raises(TypeError, match="low must be a real number"):
+        claims.record("r", "s", 0.0, source="x", low="big")
+    with pytest.raises(ValueError, match="at least 2"):
+        claims.record("r", "s", [0.0], source="x")
+    assert claims.claims == []
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(confidence=1.0), ValueError, "confidence must be"),
+    (dict(n_resamples=10), ValueError, "n_resamples must be >= 100"),
+    (dict(n_resamples=1e4), TypeError, "n_resamples must be an int"),
+    (dict(seed=-1), ValueError, "seed must be >= 0"),
+])
+def test_bad_bootstrap_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        bootstrap_interval([1.0, 2.0, 3.0], **kwargs)
+    with pytest.raises(TypeError, match="got a string"):
+        bootstrap_interval("123")
 
 
 def test_duplicate_ids_and_empty_report(tmp_path):
     claims = ClaimSet("ch", profile="smoke", directory=tmp_path)
     with pytest.raises(ValueError, match="no claims were recorded"):
         claims.report()
-    claims.check("c", "s", 1.0, low=0.0)
+    claim(claims, "c", 1.0, low=0.0)
     with pytest.raises(ValueError, match="already recorded"):
-        claims.check("c", "s", 1.0, low=0.0)
+        claims.record("c", "s", 1.0, source="x")
 
 
 def test_claims_directory_resolution(tmp_path, monkeypatch):

@@ -160,3 +160,133 @@ def test_flip_signs():
     with pytest.raises(ValueError, match="p_flip"):
         flip_signs(values, 1.5, g)
 
+
+
+def _sklearn_split(seed, **size):
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_load_digits()
+    return train_test_split(bunch.data, bunch.target, **size, stratify=bunch.target, random_state=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_default_split_is_the_explicit_sklearn_split(seed):
+    x_tr, x_te, y_tr, y_te = _sklearn_split(seed, test_size=0.3)
+    d = load_digits(seed=seed, normalization="none", dtype=torch.float64)
+    assert torch.equal(d.x_train, torch.as_tensor(x_tr)) and torch.equal(d.x_test, torch.as_tensor(x_te))
+    assert torch.equal(d.y_train, torch.as_tensor(y_tr)) and torch.equal(d.y_test, torch.as_tensor(y_te))
+    assert torch.equal(load_digits(0.3, seed).x_train, load_digits(seed=seed).x_train)
+
+
+@pytest.mark.parametrize("train_size, n_train", [(100, 100), (1000, 1000), (0.25, 449), (0.5, 898)])
+def test_train_size_count_and_fraction_give_stratified_deterministic_splits(train_size, n_train):
+    d = load_digits(train_size=train_size, seed=3, normalization="none", dtype=torch.float64)
+    assert d.x_train.shape == (n_train, 64) and d.x_test.shape == (1797 - n_train, 64)
+    assert len(d.y_train) == n_train and len(d.y_test) == 1797 - n_train
+    # stratified: each class's training count is its share of n_train, to within one image
+    overall = torch.bincount(torch.cat([d.y_train, d.y_test]), minlength=10).double()
+    assert float((torch.bincount(d.y_train, minlength=10) - overall * n_train / 1797).abs().max()) <= 1.0
+    again = load_digits(train_size=train_size, seed=3, normalization="none", dtype=torch.float64)
+    assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
+    assert not torch.equal(d.y_train, load_digits(train_size=train_size, seed=4).y_train)
+    x_tr, _, y_tr, _ = _sklearn_split(3, train_size=train_size)
+    assert torch.equal(d.x_train, torch.as_tensor(x_tr)) and torch.equal(d.y_train, torch.as_tensor(y_tr))
+
+
+def test_train_size_reaches_load_binary_digits():
+    from kdnb.core.data import load_binary_digits
+
+    b = load_binary_digits(train_size=300, seed=1)
+    d = load_digits(train_size=300, seed=1)
+    assert b.x_train.shape == (300, 64) and torch.equal(b.digit_train, d.y_train)
+    assert torch.equal(b.x_test, d.x_test)
+    with pytest.raises(ValueError, match="not both"):
+        load_binary_digits(test_size=0.2, train_size=0.5)
+
+
+def test_unit_normalisation_is_pixels_over_16_in_the_closed_unit_interval():
+    raw = load_digits(normalization="none", dtype=torch.float64)
+    unit = load_digits(normalization="unit", dtype=torch.float64)
+    assert torch.equal(unit.x_train, raw.x_train / 16) and torch.equal(unit.x_test, raw.x_test / 16)
+    assert float(unit.x_train.min()) == 0.0 and float(unit.x_train.max()) == 1.0  # both ends attained
+    assert set(torch.unique(raw.x_train * 1).tolist()) == set(range(17))  # raw pixels are the integers 0..16
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(test_size=0.3, train_size=100), ValueError, "not both"),
+    (dict(train_size=9), ValueError, "train_size must be a count in \\[10, 1787\\]"),
+    (dict(train_size=1788), ValueError, "train_size must be a count"),
+    (dict(train_size=1.0), ValueError, "train_size must be in \\(0, 1\\)"),
+    (dict(train_size=0.0), ValueError, "train_size must be in \\(0, 1\\)"),
+    (dict(train_size=0.001), ValueError, "train_size must leave between 10 and 1787"),
+    (dict(train_size=True), TypeError, "train_size must be an int"),
+    (dict(train_size="half"), TypeError, "train_size must be an int"),
+    (dict(test_size=0.9999), ValueError, "test_size must leave"),
+])
+def test_load_digits_rejects_bad_sizes(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        load_digits(**kwargs)
+
+
+def test_corrupt_labels_rate_is_binomial_and_always_changes_the_class():
+    from kdnb.core.data import corrupt_labels
+
+    n, p, n_classes = 20000, 0.3, 10
+    labels = torch.arange(n) % n_classes
+    noisy, flipped = corrupt_labels(labels, p, n_classes, torch.Generator().manual_seed(0))
+    assert noisy.dtype == labels.dtype and flipped.dtype == torch.bool and noisy.shape == (n,)
+    assert torch.equal(flipped, noisy != labels)  # a flipped label never keeps its class
+    assert noisy.min() >= 0 and noisy.max() < n_classes
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(float(flipped.double().mean()) - p) < 4 * sd
+    # symmetric: the new class is uniform over the other nine
+    offsets = (noisy[flipped] - labels[flipped]) % n_classes
+    counts = torch.bincount(offsets, minlength=n_classes).double()
+    assert counts[0] == 0
+    expected = flipped.sum() / (n_classes - 1)
+    assert float((counts[1:] - expected).abs().max()) < 4 * math.sqrt(float(expected))
+    again = corrupt_labels(labels, p, n_classes, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], noisy) and torch.equal(again[1], flipped)
+    assert not torch.equal(corrupt_labels(labels, p, n_classes, torch.Generator().manual_seed(1))[0], noisy)
+
+
+def test_corrupt_labels_over_many_draws_and_modes():
+    from kdnb.core.data import corrupt_labels
+
+    labels = torch.tensor([0, 1, 2, 2, 1], dtype=torch.int32)
+    g = torch.Generator().manual_seed(5)
+    rates = torch.stack([corrupt_labels(labels, 0.2, 3, g)[1] for _ in range(4000)]).double().mean(0)
+    assert float((rates - 0.2).abs().max()) < 4 * math.sqrt(0.2 * 0.8 / 4000)
+    assert torch.equal(corrupt_labels(labels, 0.0, 3, g)[0], labels)
+    everything, flipped = corrupt_labels(labels, 1.0, 3, g)
+    assert bool(flipped.all()) and bool((everything != labels).all())
+    # pair noise moves to the next class; the same generator state gives the same mask in both modes
+    pair, mask_pair = corrupt_labels(labels, 0.5, 3, torch.Generator().manual_seed(2), mode="pair")
+    _, mask_sym = corrupt_labels(labels, 0.5, 3, torch.Generator().manual_seed(2))
+    assert torch.equal(mask_pair, mask_sym)
+    assert torch.equal(pair, torch.where(mask_pair, (labels + 1) % 3, labels))
+    # nested in p: the flips at a smaller rate are among those at a larger one
+    small = corrupt_labels(torch.zeros(500, dtype=torch.long), 0.1, 4, torch.Generator().manual_seed(3))[1]
+    large = corrupt_labels(torch.zeros(500, dtype=torch.long), 0.4, 4, torch.Generator().manual_seed(3))[1]
+    assert bool((large | ~small).all()) and int(large.sum()) > int(small.sum())
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((torch.tensor([0, 1]), 1.5, 2), ValueError, "p must be in \\[0, 1\\]"),
+    ((torch.tensor([0, 3]), 0.1, 3), ValueError, "labels must lie in \\[0, 3\\)"),
+    ((torch.tensor([0, -1]), 0.1, 3), ValueError, "labels must lie in"),
+    ((torch.tensor([0, 1]), 0.1, 1), ValueError, "n_classes must be >= 2"),
+    ((torch.tensor([0.0, 1.0]), 0.1, 2), TypeError, "integer tensor"),
+    ((torch.tensor([[0, 1]]), 0.1, 2), TypeError, "1-D"),
+    (([0, 1], 0.1, 2), TypeError, "1-D"),
+])
+def test_corrupt_labels_rejects_bad_arguments(args, error, message):
+    from kdnb.core.data import corrupt_labels
+
+    with pytest.raises(error, match=message):
+        corrupt_labels(*args, torch.Generator())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        corrupt_labels(torch.tensor([0, 1]), 0.1, 2, torch.Generator(), mode="asymmetric")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        corrupt_labels(torch.tensor([0, 1]), 0.1, 2, 0)

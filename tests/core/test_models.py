@@ -73,3 +73,136 @@ def test_ntk_models_reject_bad_arguments(build, error, message):
     with pytest.raises(error, match=message):
         build()
 
+
+
+def _pytorch_default_draw(layer, generator):
+    """PyTorch's own default initialisation law (reset_parameters), drawn from ``generator``."""
+    weight, bias = torch.empty_like(layer.weight), torch.empty_like(layer.bias)
+    torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(weight)
+    torch.nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
+    return weight, bias
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.Linear(7, 5),
+    lambda: torch.nn.Conv2d(3, 6, 3),
+    lambda: torch.nn.Conv2d(4, 6, (3, 2), groups=2),
+    lambda: torch.nn.ConvTranspose2d(3, 8, 4, stride=2),
+    lambda: torch.nn.ConvTranspose2d(6, 4, (3, 5), groups=2),
+    lambda: torch.nn.ConvTranspose1d(5, 2, 3),
+], ids=["linear", "conv2d", "conv2d-groups", "convtranspose2d", "convtranspose2d-groups", "convtranspose1d"])
+def test_initialize_from_draws_pytorchs_default_law(make):
+    from kdnb.core.models import initialize_from
+
+    layer = make()
+    assert initialize_from(layer, torch.Generator().manual_seed(4)) is layer
+    weight, bias = _pytorch_default_draw(layer, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(layer.weight.detach(), weight, rtol=0, atol=1e-7)
+    torch.testing.assert_close(layer.bias.detach(), bias, rtol=0, atol=1e-7)
+
+
+def test_convtranspose2d_bounds_use_the_output_channels_as_fan_in():
+    from kdnb.core.models import initialize_from
+
+    layer = torch.nn.ConvTranspose2d(64, 3, 4)  # weight (in=64, out=3, 4, 4): fan_in = 3 * 16 = 48, not 64 * 16
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    assert fan_in == 48 == layer.weight[0].numel()
+    initialize_from(layer, torch.Generator().manual_seed(0))
+    w = layer.weight.detach().double()
+    bound = 1 / math.sqrt(48)
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.99 * bound
+    assert float(w.var()) == pytest.approx(bound**2 / 3, rel=0.05)  # U(-b, b) has variance b^2 / 3
+    assert float(layer.bias.detach().abs().max()) <= bound
+
+
+def test_seeded_models_keep_their_draws_and_share_initialize_from():
+    from kdnb.core.models import initialize_from
+
+    # MLP and DigitsCNN draw weight then bias, layer by layer, from the generator: the law and order of
+    # initialize_from, with the first values of the stream in the first layer's weight.
+    mlp = MLP(8, (5,), 3, generator=torch.Generator().manual_seed(1))
+    first = torch.empty(5, 8).uniform_(-8**-0.5, 8**-0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(mlp.net[0].weight.detach(), first)
+    fresh = initialize_from(MLP(8, (5,), 3), torch.Generator().manual_seed(1))
+    assert all(torch.equal(p, q) for p, q in zip(mlp.parameters(), fresh.parameters()))
+    cnn = DigitsCNN(generator=torch.Generator().manual_seed(2))
+    again = initialize_from(DigitsCNN(), torch.Generator().manual_seed(2))
+    assert all(torch.equal(p, q) for p, q in zip(cnn.parameters(), again.parameters()))
+
+
+def test_initialize_from_keeps_norm_layers_and_refuses_unknown_parameters():
+    from kdnb.core.models import initialize_from
+
+    generator_net = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Tanh())
+    initialize_from(generator_net, torch.Generator().manual_seed(0))
+    assert torch.equal(generator_net[1].weight.detach(), torch.ones(2))
+    assert torch.equal(generator_net[1].bias.detach(), torch.zeros(2))
+    with pytest.raises(TypeError, match=r"net\.0 \(NTKLinear\)"):
+        initialize_from(NTKMLP(3, [4]), torch.Generator())
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        initialize_from(MLP(3, (), 2), 0)
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        initialize_from("mlp", torch.Generator())
+
+
+def test_feature_taps_return_the_manual_forward_and_leave_no_hooks():
+    from kdnb.core.models import FeatureTaps
+
+    cnn = DigitsCNN(generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    taps = FeatureTaps(cnn, ["features.2", "features.4", "head"])
+    out, features = taps(x)
+    f = cnn.features
+    conv2 = f[2](f[1](f[0](x)))
+    pooled = f[4](f[3](conv2))
+    assert list(features) == ["features.2", "features.4", "head"]
+    assert torch.equal(features["features.2"], conv2) and torch.equal(features["features.4"], pooled)
+    assert torch.equal(features["head"], out) and torch.equal(out, cnn(x))
+    assert all(not m._forward_hooks for m in cnn.modules())
+    # the features are in the graph: a loss on one reaches the layers before it only
+    features["features.2"].sum().backward()
+    assert cnn.features[0].weight.grad is not None and cnn.head.weight.grad is None
+    detached = FeatureTaps(cnn, ["features.2"], detach=True)(x)[1]["features.2"]
+    assert not detached.requires_grad and torch.equal(detached, conv2.detach())
+
+
+def test_feature_taps_remove_hooks_when_the_forward_fails_and_check_names():
+    from kdnb.core.models import FeatureTaps
+
+    mlp = MLP(4, (3,), 2)
+    with pytest.raises(ValueError, match="MLP expects"):
+        FeatureTaps(mlp, ["net.1"])(torch.zeros(2, 5))
+    assert all(not m._forward_hooks for m in mlp.modules())
+    with pytest.raises(ValueError, match=r"unknown module name\(s\) \['net.7'\].*valid names: \['net', 'net.0'"):
+        FeatureTaps(mlp, ["net.7"])
+    with pytest.raises(TypeError, match="sequence of module names"):
+        FeatureTaps(mlp, "net.0")
+    with pytest.raises(ValueError, match="distinct"):
+        FeatureTaps(mlp, ["net.0", "net.0"])
+    with pytest.raises(ValueError, match="at least one"):
+        FeatureTaps(mlp, [])
+    shared = torch.nn.Linear(3, 3)
+    twice = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+    with pytest.raises(RuntimeError, match="ran more than once"):
+        FeatureTaps(twice, ["0"])(torch.zeros(1, 3))
+    assert not shared._forward_hooks
+
+
+def test_feature_taps_train_the_model_through_fit():
+    from kdnb.core.models import FeatureTaps
+    from kdnb.core.training import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=g)
+    target = x @ torch.randn(4, 6, generator=g)  # reachable by the first layer
+    mlp = MLP(4, (6,), 2, generator=torch.Generator().manual_seed(1))
+
+    def hidden_matches(outputs, target):
+        _, features = outputs
+        return (features["net.0"] - target).square().mean()
+
+    history = fit(FeatureTaps(mlp, ["net.0"]), hidden_matches, x, [target], epochs=50, lr=0.05,
+                  generator=torch.Generator(), progress=False)
+    assert history.loss[-1] < 0.5 * history.loss[0]
+    assert not mlp.training and all(not m._forward_hooks for m in mlp.modules())

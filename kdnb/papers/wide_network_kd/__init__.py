@@ -1,10 +1,10 @@
-r"""Knowledge distillation into an infinitely wide student: Ji & Zhu, NeurIPS 2020 (chapters 3, 4 and 5).
+r"""Guangda Ji and Zhanxing Zhu. *Knowledge Distillation in Wide Neural Networks: Risk Bound, Data Efficiency and
+Imperfect Teacher.* Advances in Neural Information Processing Systems 33, 2020. arXiv:2010.10090. Reproduced in
+chapters 3, 4 and 5 (``03_transfer_risk_bound``, ``04_data_inefficiency``, ``05_imperfect_teacher``).
 
-Guangda Ji and Zhanxing Zhu. *Knowledge Distillation in Wide Neural Networks: Risk Bound, Data Efficiency and
-Imperfect Teacher.* Advances in Neural Information Processing Systems 33, 2020. arXiv:2010.10090.
-
-A very wide student trains linearly in its weights (chapter 2), so distillation reduces to kernel regression of the
-*effective student logits*, and the objects of the paper's theory become closed forms, computed in float64:
+Knowledge distillation into an infinitely wide student. A very wide student trains linearly in its weights
+(chapter 2), so distillation reduces to kernel regression of the *effective student logits*, and the objects of the
+paper's theory become closed forms, computed in float64:
 
 * :mod:`~kdnb.papers.wide_network_kd.effective_logits`: the logit :math:`z_\mathrm{eff}(z_t, y_g)` a wide student
   reaches on a training point, the root of the per-example distillation gradient, and its derivative in the hard
@@ -15,24 +15,32 @@ A very wide student trains linearly in its weights (chapter 2), so distillation 
   :math:`p(\beta)` and its bound (Theorem 1), data inefficiency (Definition 1);
 * :mod:`~kdnb.papers.wide_network_kd.experiments`: the experiments of the paper's Figs. 2 to 5, one call each.
 
-**The book's choices.** Only the paper's abstract, introduction and figure captions are used here, so the following
-are the book's reconstruction, each an explicit argument: the soft-term constant :math:`c_T` (``t2_scaling``; every
-function in kdnb defaults to Hinton's :math:`T^2`, and chapters 3 to 5 pass ``t2_scaling=False``, the plain soft
-term, as their stated choice), the definitions of :math:`\Delta w_z`, :math:`\Delta w_*` and :math:`p(\beta)`, and
-the forms of Theorem 1 and Definition 1. Zero and oracle weight changes: :math:`\Delta w_z = -\Phi K^{-1} f_0(X)` fits
-the zero function, so with ``f0=None`` (the antisymmetric initialisation) every quantity is the one relative to
-:math:`\Delta w_z`; the oracle :math:`\Delta w_*` is approximated by the solve on :math:`N_\mathrm{or} \gg n` points,
-of which the training points are a prefix (report :math:`N_\mathrm{or}`: for :math:`\rho < 1` the oracle target is
+**The book's choices.** The book works from the paper's abstract, introduction and figure captions; the following are
+the book's reconstruction from them, each an explicit argument: the soft-term constant :math:`c_T` (``t2_scaling``;
+every function in kdnb defaults to Hinton's :math:`T^2`, and chapters 3 to 5 pass ``t2_scaling=False``, the plain soft
+term, as their stated choice), the definitions of :math:`\Delta w_z`, :math:`\Delta w_*` and :math:`p(\beta)`, and the
+forms of Theorem 1 and Definition 1. Zero and oracle weight changes: :math:`\Delta w_z = -\Phi K^{-1} f_0(X)` fits the
+zero function, so with ``f0=None`` (the antisymmetric initialisation) every quantity is the one relative to
+:math:`\Delta w_z`; the oracle :math:`\Delta w_*` is approximated by the solve on :math:`N_\mathrm{or} \gg n` points, of
+which the training points are a prefix (report :math:`N_\mathrm{or}`: for :math:`\rho < 1` the oracle target is
 discontinuous and its norm grows with it).
 """
 
 from .effective_logits import effective_logits_hard_derivative, effective_student_logits, root_residual
 from .experiments import (
+    CircleExample,
+    DigitsExample,
+    DigitsRun,
     ImperfectTeacherRun,
     StoppedTeacherNorms,
     TransferRiskRun,
+    best_rho_table,
+    circle_example,
+    digits_experiment,
     early_stopped_distillation_norms,
+    fitted_slope,
     imperfect_teacher_experiment,
+    inefficiency_table,
     target_difficulty_norms,
     transfer_risk_experiment,
 )
@@ -50,18 +58,26 @@ from .students import (
 
 __all__ = [
     "ARCHITECTURES",
+    "CircleExample",
+    "DigitsExample",
+    "DigitsRun",
     "HardLabelEffect",
     "ImperfectTeacherRun",
     "StoppedTeacherNorms",
     "TransferRiskRun",
     "accumulative_angle_distribution",
+    "best_rho_table",
     "boundary_angles",
+    "circle_example",
     "data_inefficiency",
+    "digits_experiment",
     "early_stopped_distillation_norms",
     "effective_logits_hard_derivative",
     "effective_student_logits",
+    "fitted_slope",
     "hard_label_effect",
     "imperfect_teacher_experiment",
+    "inefficiency_table",
     "kernel_diagonal",
     "kernel_students",
     "root_residual",

@@ -122,18 +122,53 @@ def effective_student_logits(
     *,
     t2_scaling: bool = True,
 ) -> torch.Tensor:
-    r"""The logit a wide student reaches on a training point: the root of
+    r"""The logit a wide student reaches on a training point, the effective student logit :math:`z_\mathrm{eff}`.
+
+    It is the root of
     :math:`g(z) = \rho \frac{c_T}{T}[\sigma(z/T) - \sigma(z_t/T)] + (1-\rho)[\sigma(z) - y_g] = 0` (Ji & Zhu 2020,
     Eq. "effective logits"), with :math:`c_T = T^2` if ``t2_scaling`` else 1.
-
-    ``teacher_logits`` :math:`z_t` and ``labels`` :math:`y_g \in [0, 1]` have the same shape; ``rho`` is a number in
-    (0, 1] or a sequence of them, in which case the result has a last axis over ``rho``. Float64.
 
     g is strictly increasing in z, so the root is unique; it is bracketed by stepping outwards from :math:`z_t` and
     found by Newton's method safeguarded by bisection (a step that would leave the bracket bisects it instead) until
     the relative step is below 1e-12. The root is then exact to rounding: its residual is about
     :math:`g'(z)\,\mathrm{ulp}(z)`, below 1e-12 in practice (the tests require 1e-10). ρ = 1 returns
     :math:`z_t` exactly. ρ = 0 is refused: the loss is then minimised only at :math:`\pm\infty`.
+
+    Parameters
+    ----------
+    teacher_logits : torch.Tensor
+        :math:`z_t`, any shape, floating point and finite. For ρ < 1, :math:`|z_t| / \min(T, 1)` must be at most
+        600 (beyond that the sigmoids underflow in float64).
+    labels : torch.Tensor
+        :math:`y_g \in [0, 1]` (the probability of the positive class; usually 0 or 1), the shape of
+        ``teacher_logits``.
+    rho : float or sequence of float
+        The soft ratio ρ in (0, 1], or a non-empty sequence of them, in which case the result has a last axis over
+        ``rho``.
+    temperature : float
+        T > 0 (finite).
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1 (the plain soft term).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`z_\mathrm{eff}`, float64, the shape of ``teacher_logits`` (with a trailing ``len(rho)`` axis for a
+        sequence ``rho``).
+
+    Raises
+    ------
+    TypeError
+        If ``teacher_logits`` or ``labels`` is not a tensor (``teacher_logits`` floating point), ``rho`` or
+        ``temperature`` is not a real number, or ``t2_scaling`` is not a bool.
+    ValueError
+        If the logits are not finite, ``labels`` has another shape or values outside [0, 1], a ρ is not in (0, 1]
+        (ρ = 0 included), ``temperature`` is not finite and > 0, or the teacher logits or a root exceed 600 in
+        absolute value for ρ < 1 (ρ so small that the hard label wins almost completely).
+
+    References
+    ----------
+    Ji & Zhu 2020, Eq. "effective logits" and Fig. 1; the :math:`T^2` convention of Hinton et al. 2015.
     """
     z_t, y = _check_logits_and_labels(teacher_logits, labels)
     rhos, scalar = check_soft_ratios(rho)
@@ -173,7 +208,9 @@ def root_residual(
     *,
     t2_scaling: bool = True,
 ) -> torch.Tensor:
-    r"""The left-hand side :math:`g(z)` of the effective-logit equation, evaluated at ``student_logits`` z:
+    r"""The left-hand side :math:`g(z)` of the effective-logit equation, evaluated at ``student_logits``.
+
+    At ``student_logits`` z,
 
     .. math:: g(z) = \rho \frac{c_T}{T}\left[\sigma(z/T) - \sigma(z_t/T)\right] + (1-\rho)\left[\sigma(z) - y_g\right],
 
@@ -232,8 +269,9 @@ def effective_logits_hard_derivative(
     *,
     t2_scaling: bool = True,
 ) -> torch.Tensor:
-    r"""How the effective logit moves when the hard label gains weight, :math:`\partial z_\mathrm{eff} /
-    \partial(1-\rho)`, by implicit differentiation of :math:`g(z_\mathrm{eff}) = 0`:
+    r"""How the effective logit moves as the hard label gains weight: :math:`\partial z_\mathrm{eff}/\partial(1-\rho)`.
+
+    By implicit differentiation of :math:`g(z_\mathrm{eff}) = 0`:
 
     .. math:: \frac{\partial z_\mathrm{eff}}{\partial(1-\rho)} =
               \frac{\frac{c_T}{T}\,[\sigma(z/T) - \sigma(z_t/T)] - [\sigma(z) - y_g]}
@@ -241,6 +279,34 @@ def effective_logits_hard_derivative(
 
     Arguments and shapes as in :func:`effective_student_logits` (Ji & Zhu 2020, Theorem 3 uses it through
     :math:`\delta\hat w_h = \Phi K^{-1} \partial z_\mathrm{eff}/\partial(1-\rho)`).
+
+    Parameters
+    ----------
+    teacher_logits : torch.Tensor
+        :math:`z_t`, any shape, floating point and finite.
+    labels : torch.Tensor
+        :math:`y_g \in [0, 1]`, the shape of ``teacher_logits``.
+    rho : float or sequence of float
+        Soft ratio(s) in (0, 1].
+    temperature : float
+        T > 0 (finite).
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\partial z_\mathrm{eff} / \partial(1-\rho)`, float64, the shape of :func:`effective_student_logits`'
+        result.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`effective_student_logits`.
+
+    References
+    ----------
+    Ji & Zhu 2020, Theorem 3.
     """
     z = effective_student_logits(teacher_logits, labels, rho, temperature, t2_scaling=t2_scaling)
     z_t, y = _check_logits_and_labels(teacher_logits, labels)

@@ -2,27 +2,57 @@ r"""The experiments of Ji & Zhu (2020), Figs. 2 to 5, each in one call that retu
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from ...core.data import GaussianMixtureOnSphere, flip_signs, sample_sphere
+from ...core.data import (
+    GaussianMixtureOnSphere,
+    flip_signs,
+    load_binary_digits,
+    points_at_angles,
+    sample_sphere,
+)
+from ...core.models import MLP
 from ...core.runtime import float64_device
+from ...core.sweeps import power_law_fit
+from ...core.training import distill, predict_logits, teacher_snapshots
 from ...core.validation import (
     check_in_unit_interval,
     check_positive,
     check_positive_int,
     check_sequence,
     check_soft_ratios,
+    check_temperature,
 )
-from ...kernels.regression import KernelGradientFlow, NestedKernelRegression, weight_change_cosine
+from ...kernels.regression import (
+    KernelGradientFlow,
+    NestedKernelRegression,
+    weight_change_cosine,
+)
 from .effective_logits import effective_student_logits
-from .geometry import accumulative_angle_distribution, boundary_angles, transfer_risk
-from .students import hard_label_effect, kernel_diagonal, kernel_students, sample_initial_function, student_kernel
+from .geometry import (
+    accumulative_angle_distribution,
+    boundary_angles,
+    data_inefficiency,
+    transfer_risk,
+)
+from .students import (
+    hard_label_effect,
+    kernel_diagonal,
+    kernel_students,
+    sample_initial_function,
+    student_kernel,
+)
 
-__all__ = ["ImperfectTeacherRun", "StoppedTeacherNorms", "TransferRiskRun", "early_stopped_distillation_norms",
-           "imperfect_teacher_experiment", "target_difficulty_norms", "transfer_risk_experiment"]
+__all__ = ["CircleExample", "DigitsExample", "DigitsRun", "ImperfectTeacherRun", "StoppedTeacherNorms", "TransferRiskRun",
+           "best_rho_table", "circle_example", "digits_experiment", "early_stopped_distillation_norms", "fitted_slope",
+           "imperfect_teacher_experiment", "inefficiency_table", "target_difficulty_norms", "transfer_risk_experiment"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +64,35 @@ class TransferRiskRun:
     :math:`\bar\alpha_n` from the norm ratio, ``direct_angles`` the same from the inner product
     :math:`a_n^\top K a_N` (:func:`weight_change_cosine`); ``bound``: :math:`p(\bar\alpha_n)`;
     ``boundary_angles`` (M, ρ) give :math:`p(\beta)`; ``projection_error``: the largest relative gap between the
-    two cosines over all n; ``norms`` (N_or, ρ): :math:`\|\Delta\hat w_n\|` for every prefix."""
+    two cosines over all n; ``norms`` (N_or, ρ): :math:`\|\Delta\hat w_n\|` for every prefix.
+
+    Parameters
+    ----------
+    n_values : tuple of int
+        The students' sample sizes n, increasing, each < ``n_oracle``.
+    rhos : tuple of float
+        The soft ratios ρ.
+    n_oracle : int
+        :math:`N_\mathrm{or}`, the oracle proxy's sample size.
+    risk : torch.Tensor
+        (n, ρ) float64: the transfer risk against the true oracle logits :math:`z_*`.
+    risk_to_proxy : torch.Tensor
+        (n, ρ): the transfer risk against the oracle proxy.
+    angles : torch.Tensor
+        (n, ρ): :math:`\bar\alpha_n` in radians, from the norm ratio.
+    direct_angles : torch.Tensor
+        (n, ρ): the same angles from the inner product.
+    bound : torch.Tensor
+        (n, ρ): :math:`p(\bar\alpha_n)`, Theorem 1's bound on ``risk_to_proxy``.
+    boundary_angles : torch.Tensor
+        (M, ρ): the test points' angles to the proxy's decision hyperplane (:func:`boundary_angles`).
+    oracle_norm : torch.Tensor
+        (ρ,): :math:`\|\Delta\hat w_{N_\mathrm{or}}\|`, the proxy's weight-change norm.
+    projection_error : float
+        The largest relative gap between the two cosines over all n and ρ.
+    norms : torch.Tensor
+        (N_or, ρ): :math:`\|\Delta\hat w_n\|` for every prefix n = 1..N_or.
+    """
 
     n_values: tuple[int, ...]
     rhos: tuple[float, ...]
@@ -73,6 +131,48 @@ def transfer_risk_experiment(
     each n in ``n_values``, and the student on all of them is the oracle proxy. Students start from f0 ≡ 0. Risks
     are measured on ``n_test`` fresh points. Random draws use ``generator`` on the CPU, so a seed gives the same
     sample on every device; the kernels are computed on ``device`` (default CPU) and the results returned on the CPU.
+
+    Parameters
+    ----------
+    generator : torch.Generator
+        CPU generator of every random draw.
+    n_values : sequence of int
+        The students' sample sizes, increasing, each >= 1 and < ``n_oracle``.
+    rhos : sequence of float
+        Soft ratios in (0, 1], non-empty.
+    temperature : float
+        T > 0.
+    n_oracle : int
+        :math:`N_\mathrm{or}` >= 2, the number of points drawn (the oracle proxy's sample).
+    n_test : int
+        M >= 1 fresh test points.
+    dim : int, default 3
+        d >= 2: the inputs lie on the sphere :math:`S^{d-1}`.
+    n_modes : int, default 4
+        Number of Gaussian bumps K >= 1 of the ground-truth function.
+    mode_width : float or None, default 0.5
+        Their width s > 0; ``None``: :math:`1/\sqrt K`.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1 (the plain soft term, chapters 3 to 5's choice).
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
+    device : torch.device or str or None, default None
+        Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+
+    Returns
+    -------
+    TransferRiskRun
+        The measured quantities of one repeat, on the CPU.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``n_values`` is empty, not increasing or reaches ``n_oracle``, ``n_oracle`` < 2, ``n_test`` < 1, a ρ is
+        not in (0, 1], or another setting is out of range.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 2 and Theorem 1.
     """
     n_values = tuple(check_positive_int(n, "n_values") for n in check_sequence(n_values, "n_values"))
     if any(b <= a for a, b in zip(n_values, n_values[1:])):
@@ -142,15 +242,51 @@ def target_difficulty_norms(
     architecture: str = "two_layer_bias",
     device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    r"""Prefix norms :math:`\|\Delta\hat w_n - \Delta w_z\|`, n = 1..``n_points``, for the targets of Ji & Zhu's
-    Fig. 3, all on one sample of the sphere and solved from one factorisation.
+    r"""Prefix norms :math:`\|\Delta\hat w_n - \Delta w_z\|` for the targets of Ji & Zhu's Fig. 3.
+
+    For n = 1..``n_points``, all on one sample of the sphere and solved from one factorisation.
 
     Keys: ``"modes=K"`` for a Gaussian-mixture function with K bumps of width :math:`1/\sqrt K`
-    (:class:`kdnb.core.data.GaussianMixtureOnSphere`); ``"flip=p"`` for the ``flip_modes`` function with each sign flipped
-    with probability p; ``"random"`` for independent :math:`\mathcal N(0, 1)` targets; ``"zero"`` for
+    (:class:`kdnb.core.data.GaussianMixtureOnSphere`); ``"flip=p"`` for the ``flip_modes`` function with each sign
+    flipped with probability p; ``"random"`` for independent :math:`\mathcal N(0, 1)` targets; ``"zero"`` for
     :math:`-f_0(X)`, undoing a random initial function (:func:`sample_initial_function`). Targets are regressed
-    directly (the student distils a teacher whose logits are these values, with ρ = 1). Each value is (n_points,), on
-    the CPU; the kernel and its factorisation run on ``device`` (default CPU), the random draws on the CPU.
+    directly (the student distils a teacher whose logits are these values, with ρ = 1). The kernel and its
+    factorisation run on ``device`` (default CPU), the random draws on the CPU.
+
+    Parameters
+    ----------
+    generator : torch.Generator
+        CPU generator of every random draw.
+    n_points : int
+        N >= 2, the sample size (the largest prefix).
+    dim : int, default 3
+        d >= 2: the inputs lie on the sphere :math:`S^{d-1}`.
+    n_modes : sequence of int, default (1, 4, 16, 64)
+        The numbers of bumps K >= 1 of the Gaussian-mixture targets, non-empty, without repeats.
+    flip_probabilities : sequence of float, default (0.0, 0.05, 0.1, 0.2, 0.5)
+        The sign-flip probabilities p in [0, 1], without repeats (empty: no flip targets).
+    flip_modes : int, default 4
+        The number of bumps (>= 1) of the function whose signs are flipped.
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
+    device : torch.device or str or None, default None
+        Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The prefix norms, (n_points,) float64 on the CPU, by target name, in the order ``"modes=K"``...,
+        ``"flip=p"``..., ``"random"``, ``"zero"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``n_points`` < 2, ``n_modes`` or ``flip_probabilities`` repeats a value or holds one out of range, or
+        another setting is out of range.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 3 and Definition 1.
     """
     n_points = check_positive_int(n_points, "n_points", minimum=2)
     modes = [check_positive_int(k, "n_modes") for k in check_sequence(n_modes, "n_modes")]
@@ -191,9 +327,21 @@ def _teacher_task(generator, *, dim, n_modes, mode_width, n_teacher, teacher_sca
 
 @dataclass(frozen=True)
 class StoppedTeacherNorms:
-    r"""Result of :func:`early_stopped_distillation_norms`: ``norms`` (N, τ, ρ) are the students' prefix norms,
-    ``teacher_norms`` (τ,) the teachers' :math:`\|\Delta w_t(\tau)\|`, ``teacher_accuracy`` (τ,) their sign
-    agreement with the ground truth on the students' points."""
+    r"""Result of :func:`early_stopped_distillation_norms`: students' prefix norms and their teachers' quality.
+
+    Parameters
+    ----------
+    taus : tuple of float
+        The teachers' stopping times τ.
+    rhos : tuple of float
+        The soft ratios ρ.
+    norms : torch.Tensor
+        (N, τ, ρ) float64: the students' prefix norms.
+    teacher_norms : torch.Tensor
+        (τ,): the teachers' :math:`\|\Delta w_t(\tau)\|`.
+    teacher_accuracy : torch.Tensor
+        (τ,): their sign agreement with the ground truth on the students' points.
+    """
 
     taus: tuple[float, ...]
     rhos: tuple[float, ...]
@@ -218,13 +366,59 @@ def early_stopped_distillation_norms(
     architecture: str = "two_layer_bias",
     device: torch.device | str | None = None,
 ) -> StoppedTeacherNorms:
-    r"""Ji & Zhu's Fig. 4 (right): distil early-stopped teachers with several soft ratios and return the students'
-    prefix norms for :func:`data_inefficiency`.
+    r"""Ji & Zhu's Fig. 4 (right): distil early-stopped teachers with several soft ratios.
+
+    Returns the students' prefix norms for :func:`data_inefficiency`.
 
     The ground truth is the sign of a Gaussian-mixture function on :math:`S^{d-1}`. Each teacher is an
     :class:`KernelGradientFlow` trained on ``n_teacher`` points of its own with targets
     ``teacher_scale`` x (±1), stopped at time τ. The students see ``n_points`` other points, with the teacher's
-    logits :math:`z_t` and the true hard labels :math:`y_g`, and regress :math:`z_\mathrm{eff}(z_t, y_g)`.
+    logits :math:`z_t` and the true hard labels :math:`y_g`, and regress :math:`z_\mathrm{eff}(z_t, y_g)`. Random
+    draws on the CPU, kernels on ``device`` (default CPU), results on the CPU.
+
+    Parameters
+    ----------
+    generator : torch.Generator
+        CPU generator of every random draw.
+    n_points : int
+        N >= 2, the students' sample size.
+    taus : sequence of float
+        The teachers' stopping times τ > 0 (learning rate x steps), non-empty.
+    rhos : sequence of float
+        Soft ratios in (0, 1], non-empty.
+    temperature : float
+        T > 0.
+    n_teacher : int, default 256
+        :math:`n_t` >= 2, the teacher's own training points.
+    teacher_scale : float, default 4.0
+        The teacher's targets are ``teacher_scale`` x (±1); > 0.
+    dim : int, default 3
+        d >= 2: the inputs lie on the sphere :math:`S^{d-1}`.
+    n_modes : int, default 4
+        Number of Gaussian bumps K >= 1 of the ground-truth function.
+    mode_width : float or None, default 0.5
+        Their width s > 0; ``None``: :math:`1/\sqrt K`.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1 (the plain soft term, chapters 3 to 5's choice).
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
+    device : torch.device or str or None, default None
+        Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+
+    Returns
+    -------
+    StoppedTeacherNorms
+        The students' prefix norms (N, τ, ρ) and the teachers' norms and accuracies (τ,), on the CPU.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``n_points`` or ``n_teacher`` < 2, a τ or ``teacher_scale`` is not > 0, a ρ is not in (0, 1], or another
+        setting is out of range.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 4 and Definition 1.
     """
     n_points = check_positive_int(n_points, "n_points", minimum=2)
     rho_vector, _ = check_soft_ratios(check_sequence(rhos, "rhos"))
@@ -253,7 +447,33 @@ class ImperfectTeacherRun:
     ``inner_product`` and ``cosine_derivative`` (τ, ρ): the :class:`HardLabelEffect` values; ``finite_difference``
     (τ, len(check_rhos)): central differences of the cosine in :math:`1-\rho`, to compare with ``check_derivative``,
     the analytic values at the same ρ; ``soft_finite_difference`` (τ,): a one-sided second-order difference at
-    ρ = 1, :math:`[-3c(1) + 4c(1-h) - c(1-2h)]/(2h)`, to compare with ``soft_derivative``, the analytic value there."""
+    ρ = 1, :math:`[-3c(1) + 4c(1-h) - c(1-2h)]/(2h)`, to compare with ``soft_derivative``, the analytic value there.
+
+    Parameters
+    ----------
+    taus : tuple of float
+        The teachers' stopping times τ.
+    rhos : tuple of float
+        The soft ratios ρ of the grid.
+    teacher_accuracy : torch.Tensor
+        (τ,) float64: the teachers' sign agreement with the ground truth on the test points.
+    student_accuracy : torch.Tensor
+        (τ, ρ): the students' sign agreement with the ground truth on the test points.
+    inner_product : torch.Tensor
+        (τ, ρ): :math:`\langle\delta\hat w_h, \Delta\hat w_c\rangle` (:class:`HardLabelEffect`).
+    cosine_derivative : torch.Tensor
+        (τ, ρ): :math:`\partial\cos\alpha / \partial(1-\rho)` (:class:`HardLabelEffect`).
+    check_rhos : tuple of float
+        The soft ratios of the finite-difference check.
+    check_derivative : torch.Tensor
+        (τ, len(check_rhos)): the analytic derivative at ``check_rhos``.
+    finite_difference : torch.Tensor
+        (τ, len(check_rhos)): its central differences in :math:`1-\rho`.
+    soft_derivative : torch.Tensor
+        (τ,): the analytic derivative at ρ = 1.
+    soft_finite_difference : torch.Tensor
+        (τ,): the one-sided second-order difference at ρ = 1.
+    """
 
     taus: tuple[float, ...]
     rhos: tuple[float, ...]
@@ -298,6 +518,59 @@ def imperfect_teacher_experiment(
     derivative is checked against a central difference with step ``epsilon`` at ``check_rhos``, and at ρ = 1 (where
     the sign test is made) against a one-sided second-order difference with step ``soft_step``. Random draws on the
     CPU, kernels on ``device`` (default CPU), results on the CPU.
+
+    Parameters
+    ----------
+    generator : torch.Generator
+        CPU generator of every random draw.
+    taus : sequence of float
+        The teachers' stopping times τ > 0, non-empty.
+    rhos : sequence of float
+        The soft ratios in (0, 1] of the students, non-empty.
+    temperature : float
+        T > 0.
+    n_teacher : int, default 256
+        :math:`n_t` >= 2, the teacher's own training points.
+    n_student : int, default 128
+        N >= 2, the students' training points.
+    n_test : int, default 3000
+        M >= 1 test points.
+    teacher_scale : float, default 4.0
+        The teacher's targets are ``teacher_scale`` x sign g; > 0.
+    dim : int, default 3
+        d >= 2: the inputs lie on the sphere :math:`S^{d-1}`.
+    n_modes : int, default 4
+        Number of Gaussian bumps K >= 1 of the ground-truth function.
+    mode_width : float or None, default 0.5
+        Their width s > 0; ``None``: :math:`1/\sqrt K`.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1 (the plain soft term, chapters 3 to 5's choice).
+    check_rhos : sequence of float, default (0.3, 0.6, 0.9)
+        Soft ratios of the finite-difference check; ``check_rhos`` ± ``epsilon`` must stay inside (0, 1].
+    epsilon : float, default 1e-4
+        The central difference's step, > 0.
+    soft_step : float, default 1e-6
+        The step h of the one-sided difference at ρ = 1, in (0, 0.25).
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
+    device : torch.device or str or None, default None
+        Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+
+    Returns
+    -------
+    ImperfectTeacherRun
+        The accuracies, the hard-label effect and its finite-difference checks, on the CPU.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a τ, ``epsilon`` or ``soft_step`` is not > 0, ``soft_step`` >= 0.25, ``check_rhos`` ± ``epsilon`` leaves
+        (0, 1], a ρ is not in (0, 1], ``n_student`` or ``n_teacher`` < 2, ``n_test`` < 1, or another setting is out
+        of range.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 5 and Theorem 3.
     """
     taus = [check_positive(t, "taus") for t in check_sequence(taus, "taus")]
     rho_vector, _ = check_soft_ratios(check_sequence(rhos, "rhos"))
@@ -345,3 +618,508 @@ def imperfect_teacher_experiment(
                                check_rhos=tuple(checks), check_derivative=torch.stack(check),
                                finite_difference=torch.stack(finite), soft_derivative=torch.stack(soft_derivative),
                                soft_finite_difference=torch.stack(soft_finite))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chapter drivers: the 1-D example of Fig. 4, the digits experiment of Fig. 5, and the chapters' summaries
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def fitted_slope(n_values: Sequence[int], values: Sequence[float], fit_from: int) -> tuple[float, float]:
+    r"""Slope and R² of the log-log fit of ``values`` against n, for n >= ``fit_from`` and positive values only.
+
+    A risk of exactly 0 (no test point misclassified) has no logarithm, so it is left out of the fit, as are the
+    n below ``fit_from``; the fit is :func:`kdnb.core.sweeps.power_law_fit` on what remains.
+
+    Parameters
+    ----------
+    n_values : sequence of int
+        The sample sizes n, each >= 1.
+    values : sequence of float
+        One value per n (e.g. the mean transfer risk), each >= 0 or NaN (left out, like 0).
+    fit_from : int
+        The smallest n used, >= 1.
+
+    Returns
+    -------
+    slope : float
+        The fitted exponent s of :math:`R_n \approx C n^s`; NaN if fewer than two points remain.
+    r_squared : float
+        R² of the fit in log space; NaN if fewer than two points remain.
+
+    Raises
+    ------
+    TypeError
+        If ``n_values`` or ``values`` is not a sequence, or ``fit_from`` is not an int.
+    ValueError
+        If their lengths differ, or ``fit_from`` or an n is < 1.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 2 (the transfer risk falls as a power law in n). Chapter 3, figure ``fig-risk``.
+    """
+    n_values = [check_positive_int(n, "n_values") for n in check_sequence(n_values, "n_values")]
+    values = list(values) if not isinstance(values, torch.Tensor) else values.tolist()
+    if len(values) != len(n_values):
+        raise ValueError(f"values must have one entry per n ({len(n_values)}), got {len(values)}")
+    fit_from = check_positive_int(fit_from, "fit_from")
+    keep = [(n, v) for n, v in zip(n_values, values) if n >= fit_from and v > 0]
+    if len(keep) < 2:
+        return math.nan, math.nan
+    fit = power_law_fit([n for n, _ in keep], [v for _, v in keep])
+    return fit.slope, fit.r_squared
+
+
+def inefficiency_table(norms_by_task: Mapping[str, Sequence[torch.Tensor]], n_values: Sequence[int]) -> pd.DataFrame:
+    r"""The windowed data inefficiency :math:`\hat I(n)` of several targets, one column each.
+
+    Parameters
+    ----------
+    norms_by_task : mapping of str to sequence of torch.Tensor
+        For each target, its prefix norms (N,) from each repeat (e.g. the values of :func:`target_difficulty_norms`
+        collected over repeats); they are stacked to (R, N) and passed to :func:`data_inefficiency`.
+    n_values : sequence of int
+        The sample sizes n at which :math:`\hat I(n)` is estimated (see :func:`data_inefficiency`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows n (index named ``"n"``), one column per target, in the order of ``norms_by_task``.
+
+    Raises
+    ------
+    TypeError
+        If ``norms_by_task`` is not a mapping.
+    ValueError
+        If it is empty, a target has no norms, or as :func:`data_inefficiency`.
+
+    References
+    ----------
+    Ji & Zhu 2020, Definition 1 and Fig. 3. Chapter 4, figures ``fig-modes`` and ``fig-flips``.
+    """
+    if not isinstance(norms_by_task, Mapping):
+        raise TypeError(f"norms_by_task must be a mapping of target names to norms, got {type(norms_by_task).__name__}")
+    if not norms_by_task or any(len(norms) == 0 for norms in norms_by_task.values()):
+        raise ValueError("norms_by_task must name at least one target, each with the norms of at least one repeat")
+    n_values = check_sequence(n_values, "n_values")
+    return pd.DataFrame({task: data_inefficiency(torch.stack(list(norms)), n_values).numpy()
+                         for task, norms in norms_by_task.items()}, index=pd.Index(n_values, name="n"))
+
+
+def _circle_truth(theta: torch.Tensor) -> torch.Tensor:
+    """The ground-truth function of the 1-D example, :math:`\\sin 3\\theta + \\tfrac12 \\sin 7\\theta`."""
+    return torch.sin(3 * theta) + 0.5 * torch.sin(7 * theta)
+
+
+@dataclass(frozen=True)
+class CircleExample:
+    r"""Result of :func:`circle_example`: the 1-D example on the circle. G is the grid size, B the number of label
+    boundaries on the grid.
+
+    Parameters
+    ----------
+    taus : tuple of float
+        The teacher's stopping times τ.
+    rhos : tuple of float
+        The soft ratios ρ of the students' targets.
+    theta : torch.Tensor
+        (G,) float64 angles in [0, 2π] of the plotting grid.
+    labels : torch.Tensor
+        (G,) float64 ground-truth labels :math:`y_g = \mathbb 1\{\sin 3\theta + \frac12 \sin 7\theta > 0\}` on the grid.
+    teacher_logits : torch.Tensor
+        (G, τ) float64 logits of the teacher stopped at each τ, on the grid.
+    effective_logits : torch.Tensor
+        (G, ρ) float64 effective student logits :math:`z_\mathrm{eff}(z_t, y_g)` of the latest teacher, on the grid.
+    sign_change : torch.Tensor
+        (B,) int64 indices i of the grid where the label changes between points i and i + 1.
+    boundary : torch.Tensor
+        (B,) float64 angles midway between those two points.
+    jumps : torch.Tensor
+        (B, ρ) float64 jump of the effective logit at each boundary: with the latest teacher's logit there, the
+        effective logit for label 1 minus the one for label 0.
+    steps : torch.Tensor
+        (G - 1, ρ) float64 absolute steps of the effective logit between neighbouring grid points.
+    elsewhere : torch.Tensor
+        (G - 1,) bool, True for the steps that do not cross a label boundary.
+    step_ratio : torch.Tensor
+        (ρ,) float64 smallest step across a boundary divided by the largest step elsewhere.
+    """
+
+    taus: tuple[float, ...]
+    rhos: tuple[float, ...]
+    theta: torch.Tensor
+    labels: torch.Tensor
+    teacher_logits: torch.Tensor
+    effective_logits: torch.Tensor
+    sign_change: torch.Tensor
+    boundary: torch.Tensor
+    jumps: torch.Tensor
+    steps: torch.Tensor
+    elsewhere: torch.Tensor
+    step_ratio: torch.Tensor
+
+
+def circle_example(
+    generator: torch.Generator,
+    *,
+    temperature: float,
+    n_teacher: int = 256,
+    taus: Sequence[float] = (10.0, 100.0, 1000.0),
+    rhos: Sequence[float] = (0.05, 0.5, 1.0),
+    grid: int = 2000,
+    teacher_scale: float = 4.0,
+    t2_scaling: bool = True,
+    architecture: str = "two_layer_bias",
+) -> CircleExample:
+    r"""The 1-D example of Ji & Zhu's Fig. 4 (left): an early-stopped teacher on the circle and the targets it gives.
+
+    Inputs are :math:`x = (\cos\theta, \sin\theta)` and the ground truth is
+    :math:`y_g = \mathbb 1\{\sin 3\theta + \frac12 \sin 7\theta > 0\}`. The teacher is a wide network trained in
+    closed form by gradient flow on the squared loss (:class:`kdnb.kernels.regression.KernelGradientFlow` with the
+    student's kernel :func:`student_kernel`) on ``n_teacher`` angles drawn uniformly from ``generator``, with targets
+    ``teacher_scale`` x sign, and stopped at each τ. On a grid of ``grid`` angles from 0 to 2π the function returns
+    the teacher's logits, the effective logits :func:`effective_student_logits` of the latest teacher (the last τ)
+    for each ρ, their jump at each label boundary, and the steps between neighbouring grid points. Everything is in
+    float64 on the CPU.
+
+    Parameters
+    ----------
+    generator : torch.Generator
+        A CPU generator for the teacher's training angles (its only random draw).
+    temperature : float
+        Distillation temperature T > 0.
+    n_teacher : int, default 256
+        The teacher's training points, >= 2.
+    taus : sequence of float, default (10.0, 100.0, 1000.0)
+        Stopping times τ > 0; the last one is the teacher of the students' targets.
+    rhos : sequence of float, default (0.05, 0.5, 1.0)
+        Soft ratios in (0, 1].
+    grid : int, default 2000
+        Number of grid angles, >= 3 (both ends, 0 and 2π, included).
+    teacher_scale : float, default 4.0
+        Size > 0 of the teacher's ±targets.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1 (the plain soft term).
+    architecture : str, default "two_layer_bias"
+        The student's kernel (see :func:`student_kernel`).
+
+    Returns
+    -------
+    CircleExample
+        The grid, the labels, the teacher's and the effective logits, the boundaries, their jumps and the steps.
+
+    Raises
+    ------
+    TypeError
+        If ``generator`` is not a :class:`torch.Generator`, or an argument has the wrong type.
+    ValueError
+        If ``temperature``, ``n_teacher``, ``grid``, ``teacher_scale``, a τ or a ρ is out of range, or the grid is too
+        coarse to have a label boundary and a step that crosses none.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 4 (hard labels make the student's target discontinuous). Chapter 4, figure ``fig-one-d``
+    and claims C-F4-5a and C-F4-5b.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    temperature = check_temperature(temperature, "temperature")
+    n_teacher = check_positive_int(n_teacher, "n_teacher", minimum=2)
+    taus = [check_positive(t, "taus") for t in check_sequence(taus, "taus")]
+    rhos = check_soft_ratios(check_sequence(rhos, "rhos"), "rhos")[0].tolist()
+    grid = check_positive_int(grid, "grid", minimum=3)
+    teacher_scale = check_positive(teacher_scale, "teacher_scale")
+
+    theta_teacher = 2 * math.pi * torch.rand(n_teacher, generator=generator, dtype=torch.float64)
+    x_teacher = points_at_angles(theta_teacher, dim=2)
+    teacher = KernelGradientFlow(student_kernel(x_teacher, architecture=architecture),
+                                 teacher_scale * torch.sign(_circle_truth(theta_teacher)))
+    theta = torch.linspace(0, 2 * math.pi, grid, dtype=torch.float64)
+    teacher_logits = teacher.logits(student_kernel(points_at_angles(theta, dim=2), x_teacher,
+                                                   architecture=architecture), taus)  # (grid, τ)
+    labels = (_circle_truth(theta) > 0).to(torch.float64)
+    z_eff = effective_student_logits(teacher_logits[:, -1], labels, rhos, temperature,
+                                     t2_scaling=t2_scaling)  # (grid, ρ)
+
+    # The jump at each ground-truth boundary: the same teacher logit, the label on either side.
+    sign_change = torch.nonzero(labels.diff() != 0).ravel()
+    if len(sign_change) == 0 or len(sign_change) == grid - 1:
+        raise ValueError(f"grid = {grid} is too coarse: it needs a label boundary and a step that crosses none")
+    boundary = (theta[sign_change] + theta[sign_change + 1]) / 2
+    teacher_at_boundary = teacher.logits(student_kernel(points_at_angles(boundary, dim=2), x_teacher,
+                                                        architecture=architecture), taus[-1])
+    jumps = (effective_student_logits(teacher_at_boundary, torch.ones_like(boundary), rhos, temperature,
+                                      t2_scaling=t2_scaling)
+             - effective_student_logits(teacher_at_boundary, torch.zeros_like(boundary), rhos, temperature,
+                                        t2_scaling=t2_scaling))  # (boundaries, ρ)
+    # On the grid: the step across each label boundary, relative to the largest step anywhere else (how far the
+    # curve moves between neighbouring grid points when nothing jumps).
+    steps = z_eff.diff(dim=0).abs()  # (grid - 1, ρ)
+    elsewhere = torch.ones(len(steps), dtype=torch.bool)
+    elsewhere[sign_change] = False
+    step_ratio = steps[sign_change].min(0).values / steps[elsewhere].max(0).values  # (ρ,)
+    return CircleExample(taus=tuple(taus), rhos=tuple(rhos), theta=theta, labels=labels,
+                         teacher_logits=teacher_logits, effective_logits=z_eff, sign_change=sign_change,
+                         boundary=boundary, jumps=jumps, steps=steps, elsewhere=elsewhere, step_ratio=step_ratio)
+
+
+@dataclass(frozen=True)
+class DigitsExample:
+    r"""The teacher snapshot of :func:`digits_experiment` whose mistakes the chapter shows.
+
+    Parameters
+    ----------
+    epoch : int
+        The teacher's epoch: the first snapshot of the first split that is right on at least the threshold
+        fraction of the test set.
+    z_student : torch.Tensor
+        (n,) float64 CPU logits of that teacher on the students' training images.
+    y_student : torch.Tensor
+        (n,) float64 0/1 labels of those images.
+    student_idx : torch.Tensor
+        (n,) int64 indices of those images in the split's training set.
+    split_seed : int
+        The seed of the split (:func:`kdnb.core.data.load_binary_digits`), to reload the raw images.
+    """
+
+    epoch: int
+    z_student: torch.Tensor
+    y_student: torch.Tensor
+    student_idx: torch.Tensor
+    split_seed: int
+
+
+@dataclass(frozen=True)
+class DigitsRun:
+    r"""Result of :func:`digits_experiment`.
+
+    Parameters
+    ----------
+    kernel_results : pandas.DataFrame
+        Indexed by (``epoch``, ``rho``): the mean over splits of ``teacher`` (the teacher's test accuracy) and
+        ``student`` (the wide kernel student's test accuracy), for every teacher epoch and ρ.
+    mlp_results : pandas.DataFrame
+        The same for the MLP students, for the snapshots and ρ that were trained.
+    kernel_rows : pandas.DataFrame
+        One row per (split, epoch, ρ) of the kernel students: ``repeat``, ``epoch``, ``teacher``, ``rho``,
+        ``student``.
+    mlp_rows : pandas.DataFrame
+        The same for the MLP students.
+    example : DigitsExample or None
+        The teacher snapshot for the chapter's figure of corrected images; ``None`` if no snapshot of the first
+        split reached the threshold accuracy.
+    """
+
+    kernel_results: pd.DataFrame
+    mlp_results: pd.DataFrame
+    kernel_rows: pd.DataFrame
+    mlp_rows: pd.DataFrame
+    example: DigitsExample | None
+
+
+def digits_experiment(
+    generator_for: Callable[..., torch.Generator],
+    *,
+    seed: int,
+    repeats: int,
+    rhos: Sequence[float],
+    temperature: float,
+    teacher_epochs: Sequence[int],
+    mlp_snapshots: Sequence[int],
+    mlp_rhos: Sequence[float],
+    mlp_epochs: int,
+    n_teacher: int = 900,
+    teacher_hidden: Sequence[int] = (64,),
+    teacher_lr: float = 0.1,
+    student_hidden: Sequence[int] = (128,),
+    student_lr: float = 1e-2,
+    t2_scaling: bool = True,
+    example_accuracy: float = 0.75,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> DigitsRun:
+    r"""Ji & Zhu's Fig. 5 (middle) on scikit-learn's digits: an MLP teacher stopped early, kernel and MLP students.
+
+    For each split r (``repeats`` of them) the binary digits task "is the digit below 5?" is loaded with split seed
+    ``1000 * seed + r`` (:func:`kdnb.core.data.load_binary_digits`, standardised pixels for the networks, unit-length
+    images in float64 for the kernels). With ``generator = generator_for(2, r)``, the training images are shuffled
+    and split into ``n_teacher`` for the teacher and the rest for the students; the teacher
+    (:class:`kdnb.core.models.MLP`, hidden widths ``teacher_hidden``, drawn from ``generator``) is trained by
+    full-batch gradient descent and its logits recorded at each of ``teacher_epochs``
+    (:func:`kdnb.core.training.teacher_snapshots`). For every snapshot, wide kernel students
+    (:func:`kernel_students`) learn the teacher's logits and the true labels with every ρ of ``rhos``; for the
+    snapshots whose index is in ``mlp_snapshots``, MLP students (hidden widths ``student_hidden``, drawn from
+    ``generator_for(3, r, k)`` for snapshot k, so every ρ starts from the same weights) are trained with
+    :func:`kdnb.core.training.distill` for each ρ of ``mlp_rhos``, in that order, with ``generator`` for the batches.
+    Accuracies are against the true labels on the test images.
+
+    Parameters
+    ----------
+    generator_for : callable
+        ``generator_for(*keys)`` returns a fresh CPU generator for integer keys, e.g. a chapter's
+        :meth:`kdnb.core.runtime.Chapter.generator_for`; keys ``(2, r)`` and ``(3, r, k)``.
+    seed : int
+        The chapter seed, >= 0: split r has seed ``1000 * seed + r``.
+    repeats : int
+        Number of splits, >= 1.
+    rhos : sequence of float
+        Soft ratios in (0, 1] of the kernel students.
+    temperature : float
+        Distillation temperature T > 0.
+    teacher_epochs : sequence of int
+        Increasing epochs (full-batch gradient steps), >= 1, at which the teacher is read.
+    mlp_snapshots : sequence of int
+        Indices into ``teacher_epochs`` of the snapshots that get MLP students, each in [0, len(teacher_epochs)).
+    mlp_rhos : sequence of float
+        Soft ratios in (0, 1] of the MLP students (at least one).
+    mlp_epochs : int
+        Training epochs of each MLP student, >= 1.
+    n_teacher : int, default 900
+        Training images of the teacher, >= 1; the other training images are the students'.
+    teacher_hidden : sequence of int, default (64,)
+        Hidden widths of the teacher.
+    teacher_lr : float, default 0.1
+        The teacher's learning rate, > 0.
+    student_hidden : sequence of int, default (128,)
+        Hidden widths of the MLP students.
+    student_lr : float, default 0.01
+        The MLP students' learning rate (Adam), > 0.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1 (the plain soft term).
+    example_accuracy : float, default 0.75
+        The test accuracy, in [0, 1], from which a snapshot of the first split becomes :attr:`DigitsRun.example`.
+    device : torch.device or str, default "cpu"
+        Device of the networks (the kernels run on the CPU in float64).
+    progress : bool, default False
+        Show a bar over the splits.
+
+    Returns
+    -------
+    DigitsRun
+        The kernel and MLP students' accuracies, per split and averaged, and the example snapshot.
+
+    Raises
+    ------
+    TypeError
+        If ``generator_for`` is not callable, ``t2_scaling`` is not a bool, or an argument has the wrong type.
+    ValueError
+        If a count, epoch, learning rate, ρ, ``temperature`` or ``example_accuracy`` is out of range,
+        ``teacher_epochs`` is not increasing, ``mlp_snapshots`` has an index out of range, or ``n_teacher`` leaves
+        no image for the students.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 5 (pure soft distillation is not optimal with an imperfect teacher). Chapter 5, figures
+    ``fig-digits`` and ``fig-examples``.
+    """
+    if not callable(generator_for):
+        raise TypeError("generator_for must be callable: generator_for(*keys) -> torch.Generator")
+    seed = check_positive_int(seed, "seed", minimum=0)
+    repeats = check_positive_int(repeats, "repeats")
+    rhos = check_soft_ratios(check_sequence(rhos, "rhos"), "rhos")[0].tolist()
+    mlp_rhos = check_soft_ratios(check_sequence(mlp_rhos, "mlp_rhos"), "mlp_rhos")[0].tolist()
+    temperature = check_temperature(temperature, "temperature")
+    teacher_epochs = [check_positive_int(e, "teacher_epochs") for e in check_sequence(teacher_epochs, "teacher_epochs")]
+    if any(b <= a for a, b in pairwise(teacher_epochs)):
+        raise ValueError(f"teacher_epochs must be increasing, got {teacher_epochs}")
+    mlp_snapshots = [check_positive_int(k, "mlp_snapshots", minimum=0) for k in mlp_snapshots]
+    if any(k >= len(teacher_epochs) for k in mlp_snapshots):
+        raise ValueError(f"mlp_snapshots must index teacher_epochs, in [0, {len(teacher_epochs)}), got {mlp_snapshots}")
+    mlp_epochs = check_positive_int(mlp_epochs, "mlp_epochs")
+    n_teacher = check_positive_int(n_teacher, "n_teacher")
+    teacher_lr, student_lr = check_positive(teacher_lr, "teacher_lr"), check_positive(student_lr, "student_lr")
+    if not isinstance(t2_scaling, bool):
+        raise TypeError(f"t2_scaling must be True or False, got {t2_scaling!r}")
+    example_accuracy = check_in_unit_interval(example_accuracy, "example_accuracy")
+
+    digit_rows, mlp_rows, examples = [], [], None
+    for repeat in tqdm(range(repeats), desc="digits repeats", disable=not progress):
+        split_seed = 1000 * seed + repeat
+        standard = load_binary_digits(seed=split_seed, device=device)  # for the networks
+        sphere = load_binary_digits(seed=split_seed, sphere=True, dtype=torch.float64)  # for the kernels
+        if n_teacher >= len(standard.y_train):
+            raise ValueError(f"n_teacher must leave images for the students: < {len(standard.y_train)}, got {n_teacher}")
+        generator = generator_for(2, repeat)
+        order = torch.randperm(len(standard.y_train), generator=generator)
+        teacher_idx, student_idx = order[:n_teacher], order[n_teacher:]
+        teacher = MLP(64, teacher_hidden, 1, generator=generator).to(device)
+        snapshots = teacher_snapshots(teacher, standard.x_train[teacher_idx], standard.y_train[teacher_idx],
+                                      epochs=teacher_epochs, lr=teacher_lr, generator=generator,
+                                      evaluate_on=[standard.x_train[student_idx], standard.x_test])
+        x_student, y_student = sphere.x_train[student_idx], sphere.y_train[student_idx]
+        kernel = student_kernel(x_student)
+        kernel_test = student_kernel(sphere.x_test, x_student)
+        test_labels = sphere.y_test > 0
+        for k, (epoch, (z_student, z_test)) in enumerate(zip(teacher_epochs, snapshots)):
+            z_student, z_test = z_student.double().cpu(), z_test.double().cpu()
+            teacher_accuracy = float(((z_test > 0) == test_labels).double().mean())
+            logits = kernel_students(kernel, kernel_test, z_student, y_student, rhos, temperature,
+                                     t2_scaling=t2_scaling)
+            accuracy = ((logits > 0) == test_labels[:, None]).double().mean(0)
+            digit_rows += [dict(repeat=repeat, epoch=epoch, teacher=teacher_accuracy, rho=rho, student=float(acc))
+                           for rho, acc in zip(rhos, accuracy)]
+            if repeat == 0 and examples is None and teacher_accuracy >= example_accuracy:
+                examples = DigitsExample(epoch=epoch, z_student=z_student, y_student=y_student,
+                                         student_idx=student_idx, split_seed=split_seed)
+            if k in mlp_snapshots:
+                for rho in mlp_rhos:
+                    # the same initialization for every ρ of this teacher: the students differ only in their loss
+                    initial = generator_for(3, repeat, k)
+                    student = MLP(64, student_hidden, 1, generator=initial).to(device)
+                    distill(student, standard.x_train[student_idx], z_student.float().to(device),
+                            standard.y_train[student_idx], rho=rho, temperature=temperature, t2_scaling=t2_scaling,
+                            epochs=mlp_epochs, lr=student_lr, generator=generator)
+                    predicted = predict_logits(student, standard.x_test).cpu() > 0
+                    mlp_rows.append(dict(repeat=repeat, epoch=epoch, teacher=teacher_accuracy, rho=rho,
+                                         student=float((predicted == test_labels).double().mean())))
+    columns = ["repeat", "epoch", "teacher", "rho", "student"]
+    kernel_rows, mlp_frame = pd.DataFrame(digit_rows, columns=columns), pd.DataFrame(mlp_rows, columns=columns)
+    return DigitsRun(kernel_results=kernel_rows.groupby(["epoch", "rho"]).mean().drop(columns="repeat"),
+                     mlp_results=mlp_frame.groupby(["epoch", "rho"]).mean().drop(columns="repeat"),
+                     kernel_rows=kernel_rows, mlp_rows=mlp_frame, example=examples)
+
+
+def best_rho_table(results: pd.DataFrame) -> pd.DataFrame:
+    r"""Per teacher epoch: the teacher's accuracy, the ρ = 1 student, the best ρ < 1 and its student.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Indexed by (``epoch``, ``rho``) with columns ``teacher`` and ``student`` (accuracies), as
+        :attr:`DigitsRun.kernel_results`; every epoch needs a row with ρ = 1 and one with ρ < 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``"teacher epoch"``: ``teacher``, ``"student ρ = 1"``, ``"best ρ < 1"`` (the ρ < 1 with the
+        highest student accuracy, the first on ties) and ``"its student"`` (that accuracy).
+
+    Raises
+    ------
+    TypeError
+        If ``results`` is not a DataFrame.
+    ValueError
+        If its index levels are not ``epoch`` and ``rho``, it lacks the ``teacher`` or ``student`` column, or an
+        epoch has no ρ = 1 or no ρ < 1 row.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 5 (the best soft ratio is below 1 for an imperfect teacher). Chapter 5, claims
+    digits-kernel and digits-mlp.
+    """
+    if not isinstance(results, pd.DataFrame):
+        raise TypeError(f"results must be a pandas DataFrame, got {type(results).__name__}")
+    if list(results.index.names) != ["epoch", "rho"]:
+        raise ValueError(f"results must be indexed by (epoch, rho), got index levels {list(results.index.names)}")
+    missing = {"teacher", "student"} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lacks the column(s) {sorted(missing)}")
+    rows = {}
+    for epoch, group in results.groupby(level="epoch"):
+        group = group.droplevel("epoch")
+        below = group[group.index < 1]
+        if 1.0 not in group.index or below.empty:
+            raise ValueError(f"epoch {epoch} needs a row with rho = 1 and one with rho < 1")
+        rows[epoch] = {"teacher": group["teacher"].iloc[0], "student ρ = 1": group.loc[1.0, "student"],
+                       "best ρ < 1": below["student"].idxmax(), "its student": below["student"].max()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("teacher epoch")

@@ -48,18 +48,82 @@ def student_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *,
     :math:`\Theta = \|\tilde x\|\|\tilde x'\|\,[\sin\theta + 2(\pi-\theta)\cos\theta]/(2\pi)`, with
     :math:`\Theta(x, x) = 1` on the unit sphere. ``"three_layer"`` is two bias-free hidden layers; ``"two_layer"`` one
     bias-free hidden layer (not universal on the sphere; for the pitfall only). See :data:`ARCHITECTURES`.
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, (N1, d), floating point and finite (unit vectors in the book's experiments).
+    x2 : torch.Tensor or None, default None
+        Inputs, (N2, d); ``None``: the Gram matrix of ``x1``.
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's network, a key of :data:`ARCHITECTURES`.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\Theta(x_1, x_2)`, (N1, N2) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``architecture`` is not a key of :data:`ARCHITECTURES` (ValueError), or as
+        :func:`kdnb.kernels.analytic.relu_kernels` for the inputs.
+
+    References
+    ----------
+    Ji & Zhu 2020 (the wide student); Arora et al. 2019 (the ReLU NTK in closed form).
     """
     return relu_kernels(x1, x2, **_architecture(architecture)).ntk
 
 
 def student_nngp(x1: torch.Tensor, x2: torch.Tensor | None = None, *,
                  architecture: str = "two_layer_bias") -> torch.Tensor:
-    """The covariance :math:`\\mathbb E[f_0(x_1) f_0(x_2)]` of the same student at initialisation (NNGP kernel)."""
+    """The covariance :math:`\\mathbb E[f_0(x_1) f_0(x_2)]` of the same student at initialisation (NNGP kernel).
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, (N1, d), floating point and finite.
+    x2 : torch.Tensor or None, default None
+        Inputs, (N2, d); ``None``: the Gram matrix of ``x1``.
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's network, a key of :data:`ARCHITECTURES`.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\\Sigma(x_1, x_2)`, (N1, N2) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`student_kernel`.
+    """
     return relu_kernels(x1, x2, **_architecture(architecture)).nngp
 
 
 def kernel_diagonal(x: torch.Tensor, *, architecture: str = "two_layer_bias", block: int = 512) -> torch.Tensor:
-    r""":math:`\Theta(x_i, x_i)` for every row of ``x``, (N,) float64, in blocks of ``block`` rows."""
+    r"""The kernel's diagonal :math:`\Theta(x_i, x_i)` for every row of ``x``, in blocks of ``block`` rows.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs, (N, d), floating point and finite.
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's network, a key of :data:`ARCHITECTURES`.
+    block : int, default 512
+        Rows per block (>= 1): memory is ``block`` squared, not N squared.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``block`` is not an int >= 1, or as :func:`student_kernel`.
+    """
     block = check_positive_int(block, "block")
     parts = [student_kernel(x[i:i + block], architecture=architecture).diagonal() for i in range(0, len(x), block)]
     return torch.cat(parts)
@@ -73,12 +137,43 @@ def sample_initial_function(
     architecture: str = "two_layer_bias",
     jitter: float = DEFAULT_JITTER,
 ) -> torch.Tensor:
-    r"""Outputs :math:`f_0(X)` of randomly initialised infinitely wide students: a sample of the Gaussian process
-    with the NNGP covariance, :math:`f_0(X) = L\xi`, :math:`L L^\top = \Sigma(X, X) + \epsilon I`, :math:`\xi \sim
-    \mathcal N(0, I)` (jitter as in :func:`kdnb.kernels.regression.cholesky_with_jitter`).
+    r"""Outputs :math:`f_0(X)` of randomly initialised infinitely wide students.
 
-    Learning :math:`-f_0` is the "zero function" task of Ji & Zhu's Fig. 3: undoing the initial function. (N,), or
-    (N, n_samples) for several independent draws.
+    A sample of the Gaussian process with the NNGP covariance, :math:`f_0(X) = L\xi`,
+    :math:`L L^\top = \Sigma(X, X) + \epsilon I`, :math:`\xi \sim \mathcal N(0, I)` (jitter as in
+    :func:`kdnb.kernels.regression.cholesky_with_jitter`). Learning :math:`-f_0` is the "zero function" task of Ji &
+    Zhu's Fig. 3: undoing the initial function.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs X, (N, d), floating point and finite, without repeated rows (the covariance must stay positive
+        definite).
+    generator : torch.Generator
+        CPU generator of :math:`\xi`.
+    n_samples : int or None, default None
+        Number of independent draws (>= 1); ``None``: one draw, returned as a vector.
+    architecture : {"two_layer_bias", "three_layer", "two_layer"}, default "two_layer_bias"
+        The student's network, a key of :data:`ARCHITECTURES`.
+    jitter : float, default 1e-10
+        Relative diagonal jitter :math:`\epsilon` (>= 0) of the Cholesky factorisation.
+
+    Returns
+    -------
+    torch.Tensor
+        Float64: (N,), or (N, n_samples) for several independent draws.
+
+    Raises
+    ------
+    TypeError
+        If ``generator`` is not a ``torch.Generator`` or ``n_samples`` is not an int.
+    ValueError
+        If ``n_samples`` < 1, the covariance is not positive definite even with the jitter, or as
+        :func:`student_nngp`.
+
+    References
+    ----------
+    Ji & Zhu 2020, Fig. 3 (the zero function).
     """
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -101,11 +196,46 @@ def kernel_students(
     t2_scaling: bool = True,
     jitter: float = DEFAULT_JITTER,
 ) -> torch.Tensor:
-    r"""Test logits of wide students distilled with each soft ratio: kernel regression (from :math:`f_0 \equiv 0`) of
-    the effective logits :math:`z_\mathrm{eff}(z_t, y_g)` on the training points, evaluated at test points.
+    r"""Test logits of wide students distilled with each soft ratio.
 
-    ``kernel`` (N, N) and ``kernel_test_train`` (M, N) are the student's NTK; ``teacher_logits`` and ``labels`` are
-    (N,). Returns (M, len(rhos)), or (M,) for a single number ``rhos``.
+    Kernel regression (from :math:`f_0 \equiv 0`) of the effective logits :math:`z_\mathrm{eff}(z_t, y_g)`
+    (:func:`~kdnb.papers.wide_network_kd.effective_logits.effective_student_logits`) on the training points,
+    evaluated at test points.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        The student's NTK on the N training points, (N, N), symmetric positive definite.
+    kernel_test_train : torch.Tensor
+        The student's NTK between M test points and the training points, (M, N).
+    teacher_logits : torch.Tensor
+        :math:`z_t`, (N,), floating point and finite.
+    labels : torch.Tensor
+        :math:`y_g \in [0, 1]`, (N,).
+    rhos : float or sequence of float
+        Soft ratio(s) in (0, 1].
+    temperature : float
+        T > 0.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1.
+    jitter : float, default 1e-10
+        Relative diagonal jitter (>= 0) of the Cholesky factorisation.
+
+    Returns
+    -------
+    torch.Tensor
+        Float64: (M, len(rhos)), or (M,) for a single number ``rhos``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``teacher_logits`` is not (N,), ``kernel_test_train`` is not (M, N), or as
+        :func:`~kdnb.papers.wide_network_kd.effective_logits.effective_student_logits` and
+        :class:`kdnb.kernels.regression.NestedKernelRegression`.
+
+    References
+    ----------
+    Ji & Zhu 2020 (a wide student is kernel regression of the effective logits).
     """
     if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.ndim != 1:
         raise ValueError("teacher_logits must be a tensor of shape (N,): one logit per training point")
@@ -126,7 +256,20 @@ class HardLabelEffect:
     (:math:`\cos\alpha(\Delta\hat w, \Delta w_g)` is this times the constant :math:`\|\Delta\hat w_g\| / \|\Delta
     w_g\|`); ``cosine_derivative``: :math:`\partial\cos\alpha / \partial(1-\rho)
     = \langle\delta\hat w_h, \Delta\hat w_c\rangle / (\|\Delta\hat w\|\,\|\Delta\hat w_g\|)`. Positive: adding hard
-    labels turns the student towards the ground truth."""
+    labels turns the student towards the ground truth.
+
+    Parameters
+    ----------
+    rhos : tuple of float
+        The soft ratios ρ.
+    inner_product : torch.Tensor
+        :math:`\langle\delta\hat w_h, \Delta\hat w_c\rangle`, (len(rhos),) float64 on the CPU (a scalar for a
+        single ρ).
+    cosine : torch.Tensor
+        :math:`\cos\alpha(\Delta\hat w, \Delta\hat w_g)`, same shape.
+    cosine_derivative : torch.Tensor
+        :math:`\partial\cos\alpha / \partial(1-\rho)`, same shape.
+    """
 
     rhos: tuple[float, ...]
     inner_product: torch.Tensor
@@ -147,6 +290,8 @@ def hard_label_effect(
 ) -> HardLabelEffect:
     r"""The sign test of Ji & Zhu's Theorem 3: does more hard label turn the student towards the ground truth?
 
+    Computes, for each soft ratio, :class:`HardLabelEffect`'s three quantities.
+
     With the student's targets :math:`z = z_\mathrm{eff}(z_t, y_g)`, their derivative
     :math:`\dot z = \partial z / \partial(1-\rho)` (:func:`effective_logits_hard_derivative`) and a ground-truth logit
     :math:`g` on the same points (``truth_logits``, with sign :math:`g = y_g`; its weight change
@@ -158,12 +303,48 @@ def hard_label_effect(
               \langle\delta\hat w_h, \Delta\hat w_c\rangle = \dot z^\top K^{-1} g
               - \frac{z^\top K^{-1} g}{z^\top K^{-1} z}\, \dot z^\top K^{-1} z,
 
-    computed from one Cholesky factorisation (float64, jitter as in :func:`kdnb.kernels.regression.cholesky_with_jitter`). Because
-    :math:`\Delta\hat w_c` is the part of the ground truth orthogonal to the student,
+    computed from one Cholesky factorisation (float64, jitter as in
+    :func:`kdnb.kernels.regression.cholesky_with_jitter`). Because :math:`\Delta\hat w_c` is the part of the ground
+    truth orthogonal to the student,
     :math:`\partial\cos\alpha(\Delta\hat w, \Delta w_g)/\partial(1-\rho) = \langle\delta\hat w_h, \Delta\hat
     w_c\rangle / (\|\Delta\hat w\|\|\Delta w_g\|)`; the normaliser here is :math:`\|\Delta\hat w_g\|`, the same
-    for every ρ. The paper's exact definition of :math:`\Delta w_g` is a reconstruction; another choice of g changes
-    the value, and only the sign is claimed.
+    for every ρ. The book's definition of :math:`\Delta w_g` is a reconstruction; another choice of g changes the
+    value, and only the sign is claimed.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        K, the student's NTK on the N training points, (N, N), symmetric positive definite.
+    teacher_logits : torch.Tensor
+        :math:`z_t`, (N,), floating point and finite.
+    labels : torch.Tensor
+        :math:`y_g \in [0, 1]`, (N,).
+    truth_logits : torch.Tensor
+        g, the ground-truth logit on the training points, (N,), finite, not all zero.
+    rhos : float or sequence of float
+        Soft ratio(s) in (0, 1].
+    temperature : float
+        T > 0.
+    t2_scaling : bool, default True
+        :math:`c_T = T^2` (Hinton et al. 2015) if True, else 1.
+    jitter : float, default 1e-10
+        Relative diagonal jitter (>= 0) of the Cholesky factorisation.
+
+    Returns
+    -------
+    HardLabelEffect
+        One value per ρ (scalars for a single number ``rhos``), float64 on the CPU.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``truth_logits`` is not (N,) like ``teacher_logits``, ``kernel`` is not (N, N) or not positive definite
+        even with the jitter, the student's targets (for some ρ) or ``truth_logits`` are all zero (the angle is
+        undefined), or as :func:`~kdnb.papers.wide_network_kd.effective_logits.effective_student_logits`.
+
+    References
+    ----------
+    Ji & Zhu 2020, Theorem 3 and Fig. 5 (right).
     """
     z = effective_student_logits(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
     dz = effective_logits_hard_derivative(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)

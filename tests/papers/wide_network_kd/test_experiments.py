@@ -4,11 +4,21 @@ early-stopped teacher against the matrix exponential."""
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.optimize import brentq
 
-from kdnb.core.data import GaussianMixtureOnSphere, sample_sphere
+from kdnb.core.data import (
+    GaussianMixtureOnSphere,
+    load_binary_digits,
+    points_at_angles,
+    sample_sphere,
+)
+from kdnb.core.models import MLP
+from kdnb.core.sweeps import power_law_fit
+from kdnb.core.training import distill, predict_logits, teacher_snapshots
 from kdnb.kernels.regression import (
     KernelGradientFlow as EarlyStoppedTeacher,
 )
@@ -18,11 +28,16 @@ from kdnb.kernels.regression import (
 )
 from kdnb.papers.wide_network_kd import (
     accumulative_angle_distribution,
+    best_rho_table,
     boundary_angles,
+    circle_example,
     data_inefficiency,
+    digits_experiment,
     early_stopped_distillation_norms,
     effective_student_logits,
+    fitted_slope,
     imperfect_teacher_experiment,
+    inefficiency_table,
     kernel_students,
     student_kernel,
     target_difficulty_norms,
@@ -200,3 +215,196 @@ def test_imperfect_teacher_experiment():
                                  [0.1, 0.9, 1.0], 5.0)
         torch.testing.assert_close(run.student_accuracy[i], ((logits > 0) == truth_test[:, None]).to(F64).mean(0))
 
+
+# --- Chapter drivers: the 1-D example (Fig. 4), the digits experiment (Fig. 5) and the chapters' summaries -------------
+
+
+def circle_generator():
+    return torch.Generator().manual_seed(3)
+
+
+CIRCLE = dict(temperature=2.0, n_teacher=40, taus=(1.0, 30.0), rhos=(0.1, 0.5, 1.0), grid=300, t2_scaling=False)
+
+
+def test_circle_example_recomputed_from_scratch():
+    example = circle_example(circle_generator(), **CIRCLE)
+    truth = lambda theta: torch.sin(3 * theta) + 0.5 * torch.sin(7 * theta)  # noqa: E731
+    theta_teacher = 2 * math.pi * torch.rand(40, generator=circle_generator(), dtype=F64)
+    x_teacher = points_at_angles(theta_teacher, dim=2)
+    teacher = EarlyStoppedTeacher(student_kernel(x_teacher), 4.0 * torch.sign(truth(theta_teacher)))
+    theta = torch.linspace(0, 2 * math.pi, 300, dtype=F64)
+    assert torch.equal(example.theta, theta)
+    assert torch.equal(example.labels, (truth(theta) > 0).to(F64))
+    for j, tau in enumerate((1.0, 30.0)):
+        torch.testing.assert_close(example.teacher_logits[:, j],
+                                   teacher.logits(student_kernel(points_at_angles(theta, dim=2), x_teacher), tau))
+    # the boundaries, found point by point
+    labels = example.labels.tolist()
+    changes = [i for i in range(299) if labels[i] != labels[i + 1]]
+    assert example.sign_change.tolist() == changes and len(changes) >= 6  # sin 3θ + sin 7θ / 2 changes sign often
+    assert example.elsewhere.tolist() == [i not in changes for i in range(299)]
+    # each jump from two direct scalar calls of effective_student_logits at the boundary's teacher logit
+    for b, i in enumerate(changes):
+        middle = ((theta[i] + theta[i + 1]) / 2).reshape(1)
+        z_t = teacher.logits(student_kernel(points_at_angles(middle, dim=2), x_teacher), 30.0)
+        for j, rho in enumerate((0.1, 0.5, 1.0)):
+            up = effective_student_logits(z_t, torch.ones(1, dtype=F64), rho, 2.0, t2_scaling=False)
+            down = effective_student_logits(z_t, torch.zeros(1, dtype=F64), rho, 2.0, t2_scaling=False)
+            assert math.isclose(float(example.jumps[b, j]), float(up - down), rel_tol=1e-12, abs_tol=1e-12)
+    assert float(example.jumps[:, -1].abs().max()) < 1e-9  # ρ = 1 copies the teacher: no jump
+    assert bool((example.jumps[:, 0] > example.jumps[:, 1]).all()) and bool((example.jumps[:, 1] > 0).all())
+    # the step ratio, with numpy
+    z = example.effective_logits.numpy()
+    steps = np.abs(np.diff(z, axis=0))
+    ratio = steps[changes].min(0) / np.delete(steps, changes, axis=0).max(0)
+    np.testing.assert_allclose(example.step_ratio.numpy(), ratio, rtol=1e-12)
+    assert float(example.step_ratio[0]) > 10 and float(example.step_ratio[-1]) < 10
+    torch.testing.assert_close(example.effective_logits[:, -1], example.teacher_logits[:, -1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(grid=2), ValueError, "grid"),
+    (dict(grid=3), ValueError, "too coarse"),
+    (dict(rhos=(0.0, 1.0)), ValueError, "rhos"),
+    (dict(taus=(0.0,)), ValueError, "taus"),
+    (dict(temperature=0.0), ValueError, "temperature"),
+    (dict(n_teacher=1), ValueError, "n_teacher"),
+    (dict(teacher_scale=-1.0), ValueError, "teacher_scale"),
+])
+def test_circle_example_refuses_bad_input(change, error, match):
+    with pytest.raises(error, match=match):
+        circle_example(circle_generator(), **{**CIRCLE, **change})
+    with pytest.raises(TypeError, match="generator"):
+        circle_example(3, **CIRCLE)
+
+
+def digits_generator_for(*keys):
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([5, *keys]).generate_state(1)[0]))
+
+
+DIGITS_SMALL = dict(seed=2, repeats=1, rhos=[0.5, 1.0], temperature=3.0, teacher_epochs=[1, 3], mlp_snapshots=[1],
+                    mlp_rhos=[1.0, 0.5], mlp_epochs=2, n_teacher=1000, teacher_hidden=[4], teacher_lr=0.1,
+                    student_hidden=[3], student_lr=1e-2, t2_scaling=False, example_accuracy=0.0)
+
+
+def test_digits_experiment_matches_a_hand_written_loop():
+    result = digits_experiment(digits_generator_for, **DIGITS_SMALL)
+    # the same experiment, written out for its one split
+    standard = load_binary_digits(seed=2000)
+    sphere = load_binary_digits(seed=2000, sphere=True, dtype=F64)
+    generator = digits_generator_for(2, 0)
+    order = torch.randperm(len(standard.y_train), generator=generator)
+    teacher_idx, student_idx = order[:1000], order[1000:]
+    teacher = MLP(64, [4], 1, generator=generator)
+    snapshots = teacher_snapshots(teacher, standard.x_train[teacher_idx], standard.y_train[teacher_idx],
+                                  epochs=[1, 3], lr=0.1, generator=generator,
+                                  evaluate_on=[standard.x_train[student_idx], standard.x_test])
+    x_student, y_student = sphere.x_train[student_idx], sphere.y_train[student_idx]
+    test_labels = sphere.y_test > 0
+    kernel_rows, mlp_rows = [], []
+    for k, (epoch, (z_student, z_test)) in enumerate(zip([1, 3], snapshots)):
+        z_student, z_test = z_student.double(), z_test.double()
+        teacher_accuracy = float(((z_test > 0) == test_labels).double().mean())
+        for rho in (0.5, 1.0):
+            logits = kernel_regression(student_kernel(x_student),
+                                       effective_student_logits(z_student, y_student, rho, 3.0, t2_scaling=False)
+                                       ).predict(student_kernel(sphere.x_test, x_student))
+            kernel_rows.append((0, epoch, teacher_accuracy, rho, float(((logits > 0) == test_labels).double().mean())))
+        if k == 1:
+            for rho in (1.0, 0.5):
+                student = MLP(64, [3], 1, generator=digits_generator_for(3, 0, 1))
+                distill(student, standard.x_train[student_idx], z_student.float(), standard.y_train[student_idx],
+                        rho=rho, temperature=3.0, t2_scaling=False, epochs=2, lr=1e-2, generator=generator)
+                predicted = predict_logits(student, standard.x_test) > 0
+                mlp_rows.append((0, epoch, teacher_accuracy, rho, float((predicted == test_labels).double().mean())))
+        if k == 0:
+            first = z_student
+    rows = [tuple(r) for r in result.kernel_rows.itertuples(index=False)]
+    assert [r[:4] for r in rows] == [r[:4] for r in kernel_rows]
+    np.testing.assert_allclose([r[4] for r in rows], [r[4] for r in kernel_rows], rtol=0, atol=1e-12)
+    assert [tuple(r) for r in result.mlp_rows.itertuples(index=False)] == mlp_rows
+    assert result.kernel_results.index.names == ["epoch", "rho"] and list(result.kernel_results.columns) == [
+        "teacher", "student"]
+    assert result.mlp_results.index.tolist() == [(3, 0.5), (3, 1.0)]
+    # example_accuracy = 0: the first snapshot of the first split
+    assert result.example.epoch == 1 and result.example.split_seed == 2000
+    assert torch.equal(result.example.z_student, first) and torch.equal(result.example.student_idx, student_idx)
+    assert digits_experiment(digits_generator_for, **{**DIGITS_SMALL, "example_accuracy": 1.0,
+                                                      "mlp_snapshots": []}).example is None
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(mlp_snapshots=[2]), ValueError, "mlp_snapshots"),
+    (dict(teacher_epochs=[3, 1]), ValueError, "increasing"),
+    (dict(rhos=[0.0, 1.0]), ValueError, "rhos"),
+    (dict(mlp_rhos=[]), ValueError, "mlp_rhos"),
+    (dict(repeats=0), ValueError, "repeats"),
+    (dict(n_teacher=1257), ValueError, "n_teacher"),
+    (dict(example_accuracy=1.5), ValueError, "example_accuracy"),
+    (dict(t2_scaling="no"), TypeError, "t2_scaling"),
+])
+def test_digits_experiment_refuses_bad_input(change, error, match):
+    with pytest.raises(error, match=match):
+        digits_experiment(digits_generator_for, **{**DIGITS_SMALL, **change})
+    with pytest.raises(TypeError, match="generator_for"):
+        digits_experiment(None, **DIGITS_SMALL)
+
+
+def results_frame(rows):
+    frame = pd.DataFrame(rows, columns=["epoch", "rho", "teacher", "student"])
+    return frame.set_index(["epoch", "rho"])
+
+
+def test_best_rho_table_picks_the_best_soft_ratio_below_one():
+    results = results_frame([(1, 0.1, 0.6, 0.80), (1, 0.5, 0.6, 0.80), (1, 1.0, 0.6, 0.61),
+                             (4, 0.1, 0.9, 0.85), (4, 0.5, 0.9, 0.93), (4, 1.0, 0.9, 0.90)])
+    table = best_rho_table(results)
+    assert table.index.name == "teacher epoch" and table.index.tolist() == [1, 4]
+    assert table.loc[1].tolist() == [0.6, 0.61, 0.1, 0.80]  # a tie goes to the first ρ
+    assert table.loc[4].tolist() == [0.9, 0.90, 0.5, 0.93]
+
+
+def test_best_rho_table_refuses_bad_input():
+    with pytest.raises(ValueError, match="rho = 1"):
+        best_rho_table(results_frame([(1, 0.1, 0.6, 0.8), (1, 0.5, 0.6, 0.7)]))
+    with pytest.raises(ValueError, match="rho < 1"):
+        best_rho_table(results_frame([(1, 1.0, 0.6, 0.8)]))
+    with pytest.raises(ValueError, match="indexed"):
+        best_rho_table(results_frame([(1, 1.0, 0.6, 0.8)]).reset_index())
+    with pytest.raises(ValueError, match="student"):
+        best_rho_table(results_frame([(1, 1.0, 0.6, 0.8)]).drop(columns="student"))
+    with pytest.raises(TypeError, match="DataFrame"):
+        best_rho_table({"teacher": [0.5]})
+
+
+def test_fitted_slope_skips_small_n_and_zero_values():
+    n_values = [8, 16, 32, 64, 128, 256]
+    values = [0.9, 0.0] + [2.0 * n**-1.3 for n in (32, 64, 128)] + [0.0]
+    slope, r_squared = fitted_slope(n_values, values, 16)
+    assert math.isclose(slope, -1.3, rel_tol=1e-12) and math.isclose(r_squared, 1.0, rel_tol=1e-12)
+    fit = power_law_fit([32, 64, 128], values[2:5])
+    assert (slope, r_squared) == (fit.slope, fit.r_squared)
+    assert fitted_slope(n_values, np.array(values), 16) == (slope, r_squared)
+    nan_slope, nan_r2 = fitted_slope(n_values, [0.1, 0.1, 0.1, 0.0, 0.0, 0.1], 64)
+    assert math.isnan(nan_slope) and math.isnan(nan_r2)  # one positive value at n >= 64: no fit
+    with pytest.raises(ValueError, match="one entry per n"):
+        fitted_slope(n_values, values[:-1], 16)
+    with pytest.raises(ValueError, match="fit_from"):
+        fitted_slope(n_values, values, 0)
+
+
+def test_inefficiency_table_stacks_repeats_per_target():
+    n = torch.arange(1, 65, dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    norms = {"power": [n**0.4, 3 * n**0.4],
+             "noisy": [n**0.2 * (1 + 0.1 * torch.rand(64, generator=g, dtype=F64)) for _ in range(3)]}
+    table = inefficiency_table(norms, [8, 16, 32])
+    assert list(table.columns) == ["power", "noisy"] and table.index.name == "n" and table.index.tolist() == [8, 16, 32]
+    np.testing.assert_allclose(table["power"], 0.4, rtol=1e-12)  # a power law has a constant I(n)
+    assert table["noisy"].tolist() == data_inefficiency(torch.stack(norms["noisy"]), [8, 16, 32]).tolist()
+    with pytest.raises(ValueError, match="at least one"):
+        inefficiency_table({}, [8])
+    with pytest.raises(ValueError, match="at least one"):
+        inefficiency_table({"power": []}, [8])
+    with pytest.raises(TypeError, match="mapping"):
+        inefficiency_table([n], [8])
