@@ -46,7 +46,7 @@ import math
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +195,28 @@ def _samples_array(samples, name: str) -> np.ndarray:
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite; got {int((~np.isfinite(array)).sum())} non-finite value(s)")
+    if np.abs(array).max() > np.finfo(np.float64).max / array.size:
+        raise ValueError(f"{name} is too large for a mean in float64: {array.size} values of magnitude up to "
+                         f"{np.abs(array).max():.4g} can sum past {np.finfo(np.float64).max:.4g} (rescale them)")
     return array
+
+
+def _measured_number(measured) -> float:
+    """A single numeric ``measured`` as a float: a real number, a 0-d real numpy array or a 0-d real tensor."""
+    import torch
+
+    if isinstance(measured, numbers.Real):
+        return float(measured)
+    if isinstance(measured, torch.Tensor):
+        ok = not (measured.is_complex() or measured.dtype == torch.bool)
+    elif isinstance(measured, (np.ndarray, np.generic)):
+        ok = measured.dtype.kind in "iuf"
+    else:
+        ok = False
+    if not ok:
+        raise TypeError(f"measured must be a real number, a bool (with expected) or a 1-D sequence of per-repeat "
+                        f"samples, got {type(measured).__name__} {measured!r}")
+    return float(measured)
 
 
 def bootstrap_interval(
@@ -232,7 +253,8 @@ def bootstrap_interval(
     TypeError
         If ``samples`` is not a 1-D sequence of real numbers, or ``n_resamples``/``seed`` are not integers.
     ValueError
-        If ``samples`` has fewer than 2 values or a non-finite one, or an argument is out of range.
+        If ``samples`` has fewer than 2 values or a non-finite one, is so large that a mean of n of its values
+        could overflow float64, or an argument is out of range.
 
     References
     ----------
@@ -347,10 +369,13 @@ class ClaimSet:
                 raise ValueError("give either expected (for a yes/no statement) or low/high (for a number), not both")
             if not isinstance(expected, bool):
                 raise TypeError("expected must be a bool")
-            if not isinstance(measured, (bool, np.bool_)) and np.ndim(measured) != 0:
-                raise TypeError("measured must be a single yes/no value when expected is given, not samples")
+            if not isinstance(measured, (bool, np.bool_)):
+                raise TypeError(f"measured must be a bool when expected is given (a yes/no statement), got "
+                                f"{type(measured).__name__} {measured!r}")
             measured = bool(measured)
             holds = measured == expected
+        elif kind == "record" and low is None and high is None and isinstance(measured, (bool, np.bool_)):
+            measured, holds = bool(measured), None  # a yes/no value shown without a reference
         else:
             if low is None and high is None and kind != "record":
                 raise ValueError(f"a numeric {kind} needs low, high or both")
@@ -358,8 +383,12 @@ class ClaimSet:
                 raise TypeError("measured is a bool: pass expected=True/False instead of low/high")
             if isinstance(measured, (str, bytes)):
                 raise TypeError("measured must be a number, a bool or a 1-D sequence of per-repeat samples")
-            if isinstance(measured, numbers.Real) or np.ndim(measured) == 0:
-                measured = float(measured)
+            try:
+                single = isinstance(measured, numbers.Real) or np.ndim(measured) == 0
+            except Exception:  # e.g. a ragged list: refused by _samples_array with an error naming measured
+                single = False
+            if single:
+                measured = _measured_number(measured)
                 lo = hi = measured
             else:
                 samples = _samples_array(measured, "measured")
@@ -440,9 +469,12 @@ class ClaimSet:
         ValueError
             If an identifier is empty or repeated, the statement or source is empty, ``threshold`` is not
             ``"paper"`` or ``"calibrated"``, no bound is given, bounds are NaN or ``low > high``, both ``expected``
-            and bounds are given, or samples are fewer than 2, not 1-D or not finite.
+            and bounds are given, or samples are fewer than 2, not 1-D, not finite or so large that their mean
+            overflows float64.
         TypeError
-            If bounds are not numbers, ``expected`` is not a bool, or ``measured`` is a bool given with bounds.
+            If bounds are not numbers, ``expected`` is not a bool, ``measured`` is a bool given with bounds, or
+            ``measured`` is none of a real number (a 0-d real numpy array or tensor counts), a bool and a 1-D
+            sequence of real numbers (e.g. ``None``, a dict, a set or a generator).
         """
         if threshold not in CLAIM_THRESHOLDS:
             raise ValueError(f"threshold of a claim must be one of {CLAIM_THRESHOLDS}, got {threshold!r}")
@@ -571,6 +603,11 @@ class ClaimSet:
     def save(self) -> Path:
         """Write ``<directory>/<chapter>.<profile>.json`` atomically.
 
+        The file is written by Python's :mod:`json`, so a NaN or infinite ``measured`` (allowed in a record; a NaN
+        claim or check fails) appears as the tokens ``NaN``, ``Infinity`` or ``-Infinity``, which Python's
+        ``json.loads`` and :func:`load_claims` read back as floats but strict JSON parsers refuse. Finite values are
+        written as ordinary JSON numbers.
+
         Returns
         -------
         pathlib.Path
@@ -630,15 +667,28 @@ def load_claims(directory: Path | str | None = None, profile: str = "default") -
     Raises
     ------
     ValueError
-        If ``profile`` is not a known profile.
+        If ``profile`` is not a known profile, or a file is not a claims file: not an object with a ``claims`` list,
+        or an entry with a key that :class:`Claim` does not have or without one of its required keys (the message
+        names the file and the key).
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     folder = Path(directory) if directory is not None else claims_directory()
     out: list[Claim] = []
+    names = {f.name for f in fields(Claim)}
+    required = {f.name for f in fields(Claim) if f.default is MISSING}
     for path in sorted(folder.glob(f"*.{profile}.json")):
         payload = json.loads(path.read_text())
-        for entry in payload["claims"]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("claims"), list):
+            raise ValueError(f"{path} is not a claims file: expected an object with a 'claims' list")
+        for i, entry in enumerate(payload["claims"]):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}: claims[{i}] must be an object, got {type(entry).__name__}")
+            unknown, missing = sorted(set(entry) - names), sorted(required - set(entry))
+            if unknown:
+                raise ValueError(f"{path}: claims[{i}] has unknown key(s) {unknown}; a Claim has {sorted(names)}")
+            if missing:
+                raise ValueError(f"{path}: claims[{i}] lacks the key(s) {missing}")
             if entry.get("interval") is not None:
                 entry = {**entry, "interval": tuple(entry["interval"])}
             out.append(Claim(**entry))

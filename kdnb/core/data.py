@@ -15,7 +15,14 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
-from .validation import check_choice, check_finite_tensor, check_in_unit_interval, check_positive, check_positive_int
+from .validation import (
+    check_bool,
+    check_choice,
+    check_finite_tensor,
+    check_in_unit_interval,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = [
     "BinaryDigits",
@@ -157,7 +164,7 @@ def load_digits(
         Fraction of the images held out for testing, in (0, 1); the test set has ``ceil(test_size * 1797)``
         images. Default 0.3 when ``train_size`` is not given.
     seed : int, default 0
-        Seed of the split (the same seed and size give the same split).
+        Seed of the split, in [0, 2**32) (the same seed and size give the same split); a bool is refused.
     normalization : {"standard", "unit", "none"}, default "standard"
         ``"standard"``: zero mean and unit variance per pixel, with statistics from the training split only (pixels
         constant in training are only centred); ``"unit"``: pixel values divided by 16, so in [0, 1] with both ends
@@ -179,17 +186,23 @@ def load_digits(
     ------
     ValueError
         If both ``test_size`` and ``train_size`` are given, if a size is out of range (each part must hold at least
-        one image of each class), or if ``normalization`` is not one of the three choices.
+        one image of each class), if ``seed`` is outside [0, 2**32), or if ``normalization`` is not one of the three
+        choices.
     TypeError
-        If ``train_size`` is neither an int nor a float, or ``dtype`` is not a floating-point dtype.
+        If ``train_size`` is neither an int nor a float, ``seed`` is not an int (a bool is refused), or ``dtype`` is
+        not a floating-point torch dtype (a numpy dtype such as ``np.float32`` is refused).
     """
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
 
     size_name, size = _split_sizes(test_size, train_size)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     check_choice(normalization, "normalization", NORMALIZATIONS)
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch dtype (e.g. torch.float32), got {dtype!r}")
 
     bunch = _sk_load_digits()
     x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
@@ -283,11 +296,12 @@ def load_binary_digits(
         If ``threshold`` is outside [1, 9], if an image has zero norm with ``sphere=True``, or for the bad
         arguments of :func:`load_digits`.
     TypeError
-        For the bad argument types of :func:`load_digits`.
+        If ``sphere`` is not a bool, or for the bad argument types of :func:`load_digits`.
     """
     threshold = check_positive_int(threshold, "threshold")
     if not 1 <= threshold <= 9:
         raise ValueError(f"threshold must be in [1, 9] (both classes need digits), got {threshold}")
+    sphere = check_bool(sphere, "sphere")
     digits = load_digits(test_size=test_size, seed=seed, normalization=normalization, device=device, dtype=dtype,
                          train_size=train_size)
 
@@ -585,7 +599,8 @@ def corrupt_labels(
     TypeError
         If ``labels`` is not a 1-D integer tensor, ``n_classes`` not an int or ``generator`` not a torch.Generator.
     ValueError
-        If ``p`` is outside [0, 1], ``n_classes < 2``, a label lies outside [0, n_classes), or ``mode`` is unknown.
+        If ``p`` is outside [0, 1], ``n_classes < 2``, ``n_classes - 1`` exceeds the largest value of ``labels``'
+        dtype (a noisy label could not be stored in it), a label lies outside [0, n_classes), or ``mode`` is unknown.
     """
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
         raise TypeError("labels must be a 1-D torch.Tensor of class indices")
@@ -593,6 +608,9 @@ def corrupt_labels(
         raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
     p = check_in_unit_interval(p, "p")
     n_classes = check_positive_int(n_classes, "n_classes", minimum=2)
+    if n_classes - 1 > torch.iinfo(labels.dtype).max:
+        raise ValueError(f"n_classes must be <= {torch.iinfo(labels.dtype).max + 1} for labels of dtype {labels.dtype} "
+                         f"(the noisy labels keep that dtype), got {n_classes}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     check_choice(mode, "mode", NOISE_MODES)

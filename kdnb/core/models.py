@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .validation import check_choice, check_positive_int, check_variance
+from .validation import check_bool, check_choice, check_positive_int, check_variance
 
 __all__ = [
     "MLP",
@@ -40,6 +40,8 @@ SEEDED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
 # Layers whose default initialisation draws nothing (ones, zeros or a constant), so it needs no generator.
 CONSTANT_INIT_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
                         nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+# The only parameters a supported layer may hold itself (a subclass adding another one is refused).
+LAYER_PARAMETERS = ("weight", "bias")
 
 
 def initialize_from(module: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -53,8 +55,9 @@ def initialize_from(module: nn.Module, generator: torch.Generator) -> nn.Module:
     ``weight[0].numel()``: for :class:`~torch.nn.Linear` (out, in) it is ``in``; for ``Conv*d`` (out, in/groups,
     k...) it is in/groups times the kernel size; for ``ConvTranspose*d``, whose weight is laid out (in, out/groups,
     k...), it is out/groups times the kernel size. Normalisation layers and :class:`~torch.nn.PReLU` keep their
-    constant initial values. Any other module holding parameters of its own is refused, since its values would
-    otherwise come from the global random state.
+    constant initial values. Any other module holding parameters of its own is refused, and so is a supported layer
+    (e.g. a subclass of ``Linear``) holding a parameter other than its ``weight`` and ``bias``, since their values
+    would otherwise come from the global random state. Lazy layers (``LazyLinear``, ...) must have run a forward pass.
 
     Parameters
     ----------
@@ -72,8 +75,11 @@ def initialize_from(module: nn.Module, generator: torch.Generator) -> nn.Module:
     Raises
     ------
     TypeError
-        If ``module`` is not a module, ``generator`` not a torch.Generator, or a submodule of another type holds
-        parameters of its own (the message names it).
+        If ``module`` is not a module, ``generator`` not a torch.Generator, a submodule of another type holds
+        parameters of its own, or a supported layer holds a parameter other than ``weight`` and ``bias`` (the message
+        names the submodule).
+    ValueError
+        If a submodule still has uninitialized (lazy) parameters (the message names it).
 
     References
     ----------
@@ -84,6 +90,11 @@ def initialize_from(module: nn.Module, generator: torch.Generator) -> nn.Module:
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    lazy = [f"{name or '(root)'} ({type(layer).__name__})" for name, layer in module.named_modules()
+            if any(nn.parameter.is_lazy(p) for p in layer.parameters(recurse=False))]
+    if lazy:
+        raise ValueError(f"initialize_from cannot seed the uninitialized (lazy) parameters of {', '.join(lazy)}: run "
+                         "one forward pass first, so that their shapes are known")
     unknown = [f"{name or '(root)'} ({type(layer).__name__})" for name, layer in module.named_modules()
                if not isinstance(layer, SEEDED_LAYERS + CONSTANT_INIT_LAYERS)
                and next(layer.parameters(recurse=False), None) is not None]
@@ -91,6 +102,12 @@ def initialize_from(module: nn.Module, generator: torch.Generator) -> nn.Module:
         raise TypeError(f"initialize_from cannot seed the parameters of {', '.join(unknown)}: it re-draws Linear, "
                         "Conv and ConvTranspose layers and keeps normalisation layers and PReLU; initialise the "
                         "others from the generator yourself")
+    extra = [f"{name or '(root)'} ({type(layer).__name__}: {', '.join(own)})" for name, layer in module.named_modules()
+             if isinstance(layer, SEEDED_LAYERS + CONSTANT_INIT_LAYERS)
+             and (own := [n for n, _ in layer.named_parameters(recurse=False) if n not in LAYER_PARAMETERS])]
+    if extra:
+        raise TypeError(f"initialize_from cannot seed the parameters of {', '.join(extra)}: a supported layer may "
+                        "hold only its own 'weight' and 'bias'; initialise the others from the generator yourself")
     with torch.no_grad():
         for layer in module.modules():
             if isinstance(layer, SEEDED_LAYERS):
@@ -293,6 +310,8 @@ class NTKLinear(nn.Module):
 
     Raises
     ------
+    TypeError
+        If ``normalize_input`` is not a bool.
     ValueError
         If a dimension is < 1 or a variance is out of range.
 
@@ -310,6 +329,7 @@ class NTKLinear(nn.Module):
         self.out_features = check_positive_int(out_features, "out_features")
         self.weight_variance = check_variance(weight_variance, "weight_variance", positive=True)
         self.bias_variance = check_variance(bias_variance, "bias_variance")
+        normalize_input = check_bool(normalize_input, "normalize_input")
         self.weight_scale = math.sqrt(self.weight_variance / (self.in_features if normalize_input else 1))
         self.bias_scale = math.sqrt(self.bias_variance)
         self.weight = nn.Parameter(torch.randn(out_features, in_features, generator=generator, dtype=dtype))
@@ -380,7 +400,7 @@ class NTKMLP(nn.Module):
     Raises
     ------
     TypeError
-        If ``hidden`` is not a sequence or ``dtype`` is not floating point.
+        If ``hidden`` is not a sequence, ``normalize_input`` is not a bool or ``dtype`` is not floating point.
     ValueError
         If ``hidden`` is empty or a width or variance is out of range.
 
@@ -405,6 +425,7 @@ class NTKMLP(nn.Module):
             raise ValueError("hidden must have at least one layer (depth >= 1)")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype}")
+        normalize_input = check_bool(normalize_input, "normalize_input")
         if readout_weight_variance is None:
             readout_weight_variance = weight_variance
         if readout_bias_variance is None:
@@ -415,7 +436,7 @@ class NTKMLP(nn.Module):
             bias_variance=check_variance(bias_variance, "bias_variance"),
             readout_weight_variance=check_variance(readout_weight_variance, "readout_weight_variance", positive=True),
             readout_bias_variance=check_variance(readout_bias_variance, "readout_bias_variance"),
-            normalize_input=bool(normalize_input),
+            normalize_input=normalize_input,
         )
         widths = [in_features, *hidden]
         layers: list[nn.Module] = []
@@ -528,7 +549,7 @@ class FeatureTaps(nn.Module):
     Raises
     ------
     TypeError
-        If ``model`` is not a module or ``names`` is not a sequence of str.
+        If ``model`` is not a module, ``names`` is not a sequence of str, or ``detach`` is not a bool.
     ValueError
         If ``names`` is empty, repeats a name, or names no submodule of ``model`` (the message lists the valid
         names).
@@ -554,7 +575,7 @@ class FeatureTaps(nn.Module):
             raise ValueError(f"names must be distinct, got {list(names)}")
         self.model = model
         self.names = tuple(names)
-        self.detach = bool(detach)
+        self.detach = check_bool(detach, "detach")
         self._modules_by_name()
 
     def _modules_by_name(self) -> dict[str, nn.Module]:

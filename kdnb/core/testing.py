@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .validation import check_bool
+
 __all__ = ["assert_gradient_reaches"]
 
 
@@ -92,17 +94,19 @@ def assert_gradient_reaches(
         If the gradient misses, is zero on, or is not finite on a reached parameter, or is nonzero on an untouched
         one.
     TypeError
-        If ``loss`` is not a tensor or ``reached``/``untouched`` are not of the forms above.
+        If ``loss`` is not a tensor, ``reached``/``untouched`` are not of the forms above, or ``retain_graph`` is not a
+        bool.
     ValueError
-        If ``loss`` is not a floating-point scalar, ``reached`` is empty, or a tensor is both reached and untouched.
+        If ``loss`` is not a floating-point scalar, ``reached`` is empty, a tensor is both reached and untouched, or
+        two different tensors get the same name (e.g. ``{"m": a}`` reached and ``{"m": b}`` untouched), which would
+        make the returned dict keep only one of their gradients.
     """
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"loss must be a torch.Tensor, got {type(loss).__name__}")
     if loss.ndim != 0 or not loss.is_floating_point():
         raise ValueError(f"loss must be a floating-point scalar (0-D) tensor, got shape {tuple(loss.shape)} "
                          f"and dtype {loss.dtype}")
-    if not isinstance(retain_graph, bool):
-        raise TypeError(f"retain_graph must be True or False, got {retain_graph!r}")
+    retain_graph = check_bool(retain_graph, "retain_graph")
     reached_pairs = _unique(_named_tensors(reached, "reached"))
     untouched_pairs = _unique(_named_tensors(untouched, "untouched"))
     if not reached_pairs:
@@ -113,6 +117,11 @@ def assert_gradient_reaches(
         raise ValueError(f"tensors cannot be both reached and untouched: {names}")
 
     pairs = reached_pairs + untouched_pairs
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"two different tensors share the name(s) {repeated}; give reached and untouched distinct "
+                         f"labels (e.g. {{'student': ...}} and {{'teacher': ...}}) so that each has its own gradient")
     differentiable = [i for i, (_, p) in enumerate(pairs) if p.requires_grad]
     grads: list[torch.Tensor | None] = [None] * len(pairs)
     if loss.requires_grad and differentiable:

@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from .losses import binary_kd_loss, kd_loss
 from .validation import (
+    check_bool,
     check_choice,
     check_in_unit_interval,
+    check_nonnegative,
     check_positive,
     check_positive_int,
     check_soft_ratio,
@@ -120,6 +122,8 @@ def distillation_objective(
 
     Raises
     ------
+    TypeError
+        If ``t2_scaling`` or ``binary`` is not a bool (or numpy bool).
     ValueError
         If ``rho`` is outside [0, 1] or ``temperature`` is not > 0.
 
@@ -129,7 +133,8 @@ def distillation_objective(
     """
     rho = check_soft_ratio(rho)
     temperature = check_temperature(temperature)
-    base = binary_kd_loss if binary else kd_loss
+    t2_scaling = check_bool(t2_scaling, "t2_scaling")
+    base = binary_kd_loss if check_bool(binary, "binary") else kd_loss
 
     def loss(student_logits, teacher_logits, labels=None, labelled=None):
         return base(student_logits, teacher_logits, labels, rho=rho, temperature=temperature,
@@ -177,18 +182,19 @@ def fit(
         :func:`distillation_objective`. It may close over other modules (a paraphraser, a translator); their
         parameters are trained when they are in ``params``, and their train/eval mode is the caller's.
     inputs : torch.Tensor
-        (N, ...) inputs on the model's device.
+        (N, ...) inputs on the model's device, N >= 1.
     targets : list or tuple
         Tensors with first dimension N, sliced into batches alongside ``inputs``, or ``None`` entries, which are
         passed through as ``None``.
     epochs : int
         Passes over the data, >= 1.
     generator : torch.Generator
-        CPU generator that shuffles the mini-batches (one ``randperm`` of N per epoch when ``batch_size < N``).
+        CPU generator that shuffles the mini-batches (one ``randperm`` of N per epoch when ``batch_size < N``);
+        required even for full-batch training, so that no draw ever falls back on the global random state.
     lr : float, default 1e-2
         Learning rate, > 0 (the peak rate with ``schedule="cosine"``; the default of groups in ``params``).
     batch_size : int, optional
-        Mini-batch size, >= 1; ``None`` (default) or a value >= N for full-batch training.
+        Mini-batch size, an int >= 1; ``None`` (default) or a value >= N for full-batch training.
     optimizer : {"adam", "sgd"}, default "adam"
         Adam, or stochastic gradient descent (plain unless ``momentum > 0``).
     weight_decay : float, default 0.0
@@ -206,8 +212,8 @@ def fit(
         Heavy-ball momentum of SGD, in [0, 1): :math:`v \leftarrow \mu v + g`, :math:`w \leftarrow w - \eta v`
         (PyTorch's convention, no dampening). Only with ``optimizer="sgd"``.
     nesterov : bool, default False
-        Nesterov momentum (:math:`w \leftarrow w - \eta (g + \mu v)`); needs ``optimizer="sgd"`` and
-        ``momentum > 0``.
+        Nesterov momentum (:math:`w \leftarrow w - \eta (g + \mu v)`), a bool or numpy bool; needs
+        ``optimizer="sgd"`` and ``momentum > 0``.
     schedule : {"constant", "cosine"}, default "constant"
         Learning-rate schedule. ``"cosine"``: step :math:`t = 0, \dots, S-1` uses
         :math:`\eta_t = \tfrac12 \eta \, (1 + \cos(\pi t / S))` for each group's base rate :math:`\eta`, from
@@ -233,11 +239,11 @@ def fit(
     Raises
     ------
     TypeError
-        If ``model``, ``objective``, ``inputs``, ``targets``, ``callback``, ``nesterov`` or ``params`` has the
-        wrong type.
+        If ``model``, ``objective``, ``inputs``, ``targets``, ``generator``, ``batch_size``, ``callback``,
+        ``nesterov`` or ``params`` has the wrong type.
     ValueError
-        If a number is out of its range, a choice is unknown, momentum is combined with Adam, a target's length is
-        not N, a parameter group is malformed, or ``objective`` does not return a scalar.
+        If ``inputs`` holds no example, a number is out of its range, a choice is unknown, momentum is combined with
+        Adam, a target's length is not N, a parameter group is malformed, or ``objective`` does not return a scalar.
 
     References
     ----------
@@ -253,17 +259,19 @@ def fit(
         raise TypeError("objective must be callable: objective(outputs, *targets) -> scalar tensor")
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be an (N, ...) tensor with N >= 1 examples, got shape {tuple(inputs.shape)}")
     if isinstance(targets, torch.Tensor) or not isinstance(targets, (list, tuple)):
         raise TypeError("targets must be a list or tuple of tensors (or None), e.g. [labels]")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     n = inputs.shape[0]
     for i, t in enumerate(targets):
         if t is not None and (not isinstance(t, torch.Tensor) or t.shape[0] != n):
             raise ValueError(f"targets[{i}] must be a tensor with first dimension {n} (the number of inputs)")
     epochs = check_positive_int(epochs, "epochs")
     lr = check_positive(lr, "lr")
-    weight_decay = float(weight_decay)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    weight_decay = check_nonnegative(weight_decay, "weight_decay")
     eval_every = check_positive_int(eval_every, "eval_every")
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     momentum, nesterov = _check_momentum(momentum, nesterov, optimizer)
@@ -271,9 +279,10 @@ def fit(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(step, loss, model) or None, got "
                         f"{type(callback).__name__}")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
     if batch_size is None or batch_size >= n:
         batch_size = n
-    batch_size = check_positive_int(batch_size, "batch_size")
 
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -330,8 +339,7 @@ def _check_momentum(momentum, nesterov, optimizer: str) -> tuple[float, bool]:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}") from None
     if momentum == 1:
         raise ValueError("momentum must be in [0, 1), got 1 (the velocity would never decay)")
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+    nesterov = check_bool(nesterov, "nesterov")
     if optimizer != "sgd" and (momentum > 0 or nesterov):
         raise ValueError(f"momentum and nesterov apply to optimizer='sgd' only (Adam keeps its own moment "
                          f"estimates), got optimizer={optimizer!r}")
@@ -365,10 +373,7 @@ def _check_param_groups(params) -> list:
             if "lr" in group:
                 checked["lr"] = check_positive(group["lr"], f"params[{i}]['lr']")
             if "weight_decay" in group:
-                decay = float(group["weight_decay"])
-                if not decay >= 0:
-                    raise ValueError(f"params[{i}]['weight_decay'] must be >= 0, got {group['weight_decay']!r}")
-                checked["weight_decay"] = decay
+                checked["weight_decay"] = check_nonnegative(group["weight_decay"], f"params[{i}]['weight_decay']")
             groups.append(checked)
         tensors = [p for group in groups for p in group["params"]]
     elif any(isinstance(p, dict) for p in params):

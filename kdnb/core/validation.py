@@ -10,14 +10,17 @@ import math
 from numbers import Real
 from typing import Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_finite_tensor",
     "check_gram",
     "check_in_unit_interval",
     "check_kernel_targets",
+    "check_nonnegative",
     "check_positive",
     "check_positive_int",
     "check_sequence",
@@ -125,6 +128,34 @@ def check_positive(value, name: str) -> float:
     return x
 
 
+def check_nonnegative(value, name: str) -> float:
+    """Return ``value`` as a float after checking it is a finite number >= 0.
+
+    Parameters
+    ----------
+    value : real number
+        The value to check (a bool is not a number here).
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    float
+        ``value`` as a Python float.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If ``value`` is NaN, infinite or negative.
+    """
+    x = _as_real(value, name)
+    if not (math.isfinite(x) and x >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return x
+
+
 def check_variance(value, name: str, *, positive: bool = False) -> float:
     """Check a variance: a finite number >= 0 (or > 0 with ``positive``), returned as a float.
 
@@ -215,6 +246,34 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_bool(value, name: str) -> bool:
+    """Return ``value`` as a Python bool after checking it is one (a ``bool`` or a numpy ``bool_``).
+
+    Truthy stand-ins such as ``1``, ``"no"`` or ``None`` are refused, so a misspelt flag cannot switch a behaviour
+    on silently.
+
+    Parameters
+    ----------
+    value : bool or numpy.bool_
+        The flag to check.
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    bool
+        ``value`` as a Python bool.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither a ``bool`` nor a ``numpy.bool_``.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_choice(value, name: str, choices) -> str:
     """Return ``value`` after checking it is one of ``choices``.
 
@@ -276,7 +335,7 @@ def check_finite_tensor(x, name: str, *, floating: bool = True) -> torch.Tensor:
     return x
 
 
-def check_sequence(values, name: str) -> list:
+def check_sequence(values, name: str, *, allow_empty: bool = False) -> list:
     """Return a non-empty list from a sequence or a 1-D tensor.
 
     Anything else raises ``TypeError`` or ``ValueError`` naming ``name``.
@@ -287,6 +346,8 @@ def check_sequence(values, name: str) -> list:
         A non-empty sequence (not a str or bytes) or a non-empty 1-D tensor.
     name : str
         The argument's name, used in the error message.
+    allow_empty : bool, default False
+        If True, an empty sequence is accepted (and returned as ``[]``).
 
     Returns
     -------
@@ -298,7 +359,7 @@ def check_sequence(values, name: str) -> list:
     TypeError
         If ``values`` is a str, bytes or not a sequence (a numpy array is not one; pass ``array.tolist()``).
     ValueError
-        If ``values`` is a tensor that is not 1-D, or is empty.
+        If ``values`` is a tensor that is not 1-D, or is empty (unless ``allow_empty``).
     """
     if isinstance(values, torch.Tensor):
         if values.ndim != 1:
@@ -306,7 +367,7 @@ def check_sequence(values, name: str) -> list:
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a sequence (a list of values), got {type(values).__name__}")
-    if len(values) == 0:
+    if len(values) == 0 and not allow_empty:
         raise ValueError(f"{name} must not be empty")
     return list(values)
 

@@ -55,7 +55,7 @@ import torch
 
 from ..core.data import points_at_angles
 from ..core.runtime import float64_device
-from ..core.validation import check_positive_int, check_variance
+from ..core.validation import check_bool, check_positive_int, check_variance
 
 __all__ = ["RELUKernels", "relu_kernels", "relu_nngp", "relu_ntk", "sphere_eigenvalues"]
 
@@ -137,7 +137,8 @@ def relu_kernels(
     Raises
     ------
     TypeError
-        If an input is not a floating-point tensor, ``depth`` is not an int, or a variance is not a real number.
+        If an input is not a floating-point tensor, ``depth`` is not an int, a variance is not a real number, or
+        ``normalize_input`` is not a bool (or numpy bool).
     ValueError
         If ``depth`` < 1, a weight variance is not > 0 or a bias variance is negative (or either is not finite), an
         input is not (N, d) with N, d >= 1 or contains NaN or inf, or ``x1`` and ``x2`` differ in the number of
@@ -155,6 +156,7 @@ def relu_kernels(
         readout_weight_variance, "readout_weight_variance", positive=True)
     sb_out = sb if readout_bias_variance is None else check_variance(
         readout_bias_variance, "readout_bias_variance", positive=False)
+    normalize_input = check_bool(normalize_input, "normalize_input")
     symmetric = x2 is None
     x1 = _check_kernel_inputs(x1, "x1")
     x2 = x1 if symmetric else _check_kernel_inputs(x2, "x2")

@@ -220,7 +220,7 @@ def test_save_load_round_trip_is_per_profile(tmp_path):
     (dict(low=1.0, high=0.0), ValueError, "low must be <= high"),
     (dict(expected=True), ValueError, "either expected"),
     (dict(low=None, expected=1), TypeError, "expected must be a bool"),
-    (dict(low=None, expected=True, measured=[True, False]), TypeError, "single yes/no value"),
+    (dict(low=None, expected=True, measured=[True, False]), TypeError, "measured must be a bool when expected is given"),
     (dict(measured=True), TypeError, "measured is a bool"),
     (dict(measured="1.0"), TypeError, "measured must be a number"),
     (dict(measured=[1.0]), ValueError, "at least 2"),
@@ -289,3 +289,83 @@ def test_claims_directory_resolution(tmp_path, monkeypatch):
     (tmp_path / "book" / "_toc.yml").write_text("root: intro\n")
     (tmp_path / "book" / "notebooks").mkdir()
     assert claims_directory(tmp_path / "book" / "notebooks") == tmp_path / "book" / "_build" / "claims"
+
+
+def test_a_yes_no_statement_needs_a_bool_and_a_record_may_show_one(tmp_path):
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    for not_a_bool in (float("nan"), 0.2, 1, "yes"):
+        with pytest.raises(TypeError, match="measured must be a bool when expected is given"):
+            claims.claim(f"c{not_a_bool!r}", "s", not_a_bool, expected=True, source="x", threshold="paper")
+    assert claims.claim("np-bool", "s", np.bool_(False), expected=False, source="x",
+                        threshold="paper").verdict == "reproduced"
+    shown = claims.record("flag", "s", True, source="the book's own")
+    assert shown.verdict == "recorded" and shown.measured is True and shown.holds is None
+
+
+@pytest.mark.parametrize("measured", [None, {"a": 1.0}, {1.0, 2.0}, (v for v in (1.0, 2.0)), 1 + 2j,
+                                      np.array(1 + 2j), object()])
+def test_a_numeric_measured_of_a_wrong_kind_is_named(tmp_path, measured):
+    claims = ClaimSet("ch", profile="smoke", directory=tmp_path)
+    with pytest.raises(TypeError, match="measured must be a real number, a bool .* or a 1-D sequence"):
+        claim(claims, "c", measured, low=0.0)
+    with pytest.raises(TypeError, match="measured must be a real number"):
+        claims.record("r", "s", measured, source="x")
+    assert claims.claims == []
+
+
+def test_zero_dimensional_numbers_are_still_accepted(tmp_path):
+    import torch
+
+    claims = ClaimSet("ch", profile="smoke", directory=tmp_path)
+    values = [np.float32(0.25), np.array(0.25), np.int64(3), torch.tensor(0.25, dtype=torch.float64),
+              torch.tensor(3)]
+    for i, value in enumerate(values):
+        entry = claim(claims, f"c{i}", value, low=0.0)
+        assert type(entry.measured) is float and entry.measured == float(value) and entry.holds is True
+    with pytest.raises(TypeError, match="measured must be a real number"):
+        claim(claims, "bool-tensor", torch.tensor(True), low=0.0)
+    with pytest.raises(TypeError, match="measured must be 1-D|measured must be a 1-D sequence"):
+        claim(claims, "ragged", [[1.0], [1.0, 2.0]], low=0.0)
+
+
+def test_samples_whose_mean_overflows_are_refused_naming_measured(tmp_path):
+    claims = ClaimSet("ch", profile="smoke", directory=tmp_path)
+    for huge in ([1e308, 1.5e308], [1e308, 1e308], [1e308, -1e308, 1e308]):
+        assert np.isfinite(huge).all()
+        with pytest.raises(ValueError, match="measured is too large for a mean in float64"):
+            claim(claims, "c", huge, low=0.0)
+        with pytest.raises(ValueError, match="samples is too large"):
+            bootstrap_interval(huge)
+    big = claim(claims, "big", [1e300, 2e300, 4e300], low=0.0)  # large but summable: kept
+    assert big.measured == pytest.approx(7e300 / 3) and all(np.isfinite(big.interval))
+
+
+def test_load_claims_names_the_file_and_the_bad_key(tmp_path):
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    claim(claims, "x", 1.0, low=0.0)
+    path = claims.save()
+    payload = json.loads(path.read_text())
+    payload["claims"][0]["colour"] = "red"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"ch\.default\.json: claims\[0\] has unknown key\(s\) \['colour'\]"):
+        load_claims(tmp_path, "default")
+    del payload["claims"][0]["colour"], payload["claims"][0]["verdict"]
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"ch\.default\.json: claims\[0\] lacks the key\(s\) \['verdict'\]"):
+        load_claims(tmp_path, "default")
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="is not a claims file"):
+        load_claims(tmp_path, "default")
+
+
+def test_non_finite_records_are_written_as_python_json_tokens(tmp_path):
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    claims.record("nan", "s", float("nan"), source="x")
+    claims.record("inf", "s", float("inf"), source="x")
+    claim(claims, "finite", 0.1, low=0.0)
+    text = claims.save().read_text()
+    assert '"measured": NaN' in text and '"measured": Infinity' in text and '"measured": 0.1' in text
+    with pytest.raises(ValueError):
+        json.loads(text, parse_constant=lambda token: (_ for _ in ()).throw(ValueError(token)))  # not strict JSON
+    nan, inf, finite = load_claims(tmp_path, "default")
+    assert np.isnan(nan.measured) and inf.measured == float("inf") and finite.measured == 0.1

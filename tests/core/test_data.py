@@ -161,7 +161,6 @@ def test_flip_signs():
         flip_signs(values, 1.5, g)
 
 
-
 def _sklearn_split(seed, **size):
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -290,3 +289,39 @@ def test_corrupt_labels_rejects_bad_arguments(args, error, message):
         corrupt_labels(torch.tensor([0, 1]), 0.1, 2, torch.Generator(), mode="asymmetric")
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         corrupt_labels(torch.tensor([0, 1]), 0.1, 2, 0)
+
+
+def test_corrupt_labels_refuses_classes_the_label_dtype_cannot_hold():
+    from kdnb.core.data import corrupt_labels
+
+    labels = torch.arange(250, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="n_classes must be <= 256 for labels of dtype torch.uint8"):
+        corrupt_labels(labels, 1.0, 300, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="n_classes must be <= 128 for labels of dtype torch.int8"):
+        corrupt_labels(torch.zeros(3, dtype=torch.int8), 0.5, 129, torch.Generator())
+    # 256 classes still fit in uint8 (labels 0 to 255): the noisy labels match those of int64 labels, same draws
+    narrow, flipped = corrupt_labels(labels, 1.0, 256, torch.Generator().manual_seed(0))
+    wide, wide_flipped = corrupt_labels(labels.long(), 1.0, 256, torch.Generator().manual_seed(0))
+    assert narrow.dtype == torch.uint8 and torch.equal(narrow.long(), wide) and torch.equal(flipped, wide_flipped)
+    assert bool((narrow != labels).all())
+
+
+def test_load_digits_refuses_a_bool_seed_and_a_numpy_dtype():
+    import numpy as np
+
+    with pytest.raises(TypeError, match="seed must be an int, got bool"):
+        load_digits(seed=True)
+    with pytest.raises(TypeError, match="seed must be an int, got float"):
+        load_digits(seed=1.0)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):
+        load_digits(seed=-1)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch dtype"):
+        load_digits(dtype=np.float32)
+    assert torch.equal(load_digits(seed=np.int64(1)).y_train, load_digits(seed=1).y_train)
+
+
+def test_load_binary_digits_requires_a_bool_sphere():
+    from kdnb.core.data import load_binary_digits
+
+    with pytest.raises(TypeError, match="sphere must be True or False"):
+        load_binary_digits(sphere="no")

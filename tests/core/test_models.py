@@ -74,7 +74,6 @@ def test_ntk_models_reject_bad_arguments(build, error, message):
         build()
 
 
-
 def _pytorch_default_draw(layer, generator):
     """PyTorch's own default initialisation law (reset_parameters), drawn from ``generator``."""
     weight, bias = torch.empty_like(layer.weight), torch.empty_like(layer.bias)
@@ -206,3 +205,59 @@ def test_feature_taps_train_the_model_through_fit():
                   generator=torch.Generator(), progress=False)
     assert history.loss[-1] < 0.5 * history.loss[0]
     assert not mlp.training and all(not m._forward_hooks for m in mlp.modules())
+
+
+def test_initialize_from_refuses_extra_parameters_of_a_supported_layer():
+    from kdnb.core.models import initialize_from
+
+    class ScaledLinear(torch.nn.Linear):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.scale = torch.nn.Parameter(torch.randn(1))  # drawn from the global state: cannot be seeded
+
+    class ScaledNorm(torch.nn.LayerNorm):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.gain = torch.nn.Parameter(torch.randn(1))
+
+    for model, label in [(torch.nn.Sequential(torch.nn.Linear(3, 2), ScaledLinear(2, 2)), r"1 \(ScaledLinear: scale\)"),
+                         (ScaledLinear(2, 2), r"\(root\) \(ScaledLinear: scale\)"),
+                         (torch.nn.Sequential(ScaledNorm(3)), r"0 \(ScaledNorm: gain\)")]:
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(TypeError, match=label + ".*may hold only its own 'weight' and 'bias'"):
+            initialize_from(model, torch.Generator().manual_seed(0))
+        assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # refused before any draw
+
+
+def test_initialize_from_refuses_lazy_layers_until_they_have_run():
+    from kdnb.core.models import initialize_from
+
+    model = torch.nn.Sequential(torch.nn.LazyLinear(4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with pytest.raises(ValueError, match=r"uninitialized \(lazy\) parameters of 0 \(LazyLinear\)"):
+        initialize_from(model, torch.Generator().manual_seed(0))
+    model(torch.zeros(2, 3))  # the lazy layer becomes a Linear(3, 4)
+    initialize_from(model, torch.Generator().manual_seed(0))
+    reference = initialize_from(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)),
+                                torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+def test_flags_of_the_models_must_be_bools():
+    import numpy as np
+
+    from kdnb.core.models import FeatureTaps
+
+    mlp = MLP(5, (4,), 2, generator=torch.Generator().manual_seed(0))
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match="detach must be True or False"):
+            FeatureTaps(mlp, ["net.0"], detach=bad)
+        with pytest.raises(TypeError, match="normalize_input must be True or False"):
+            NTKLinear(3, 2, normalize_input=bad)
+        with pytest.raises(TypeError, match="normalize_input must be True or False"):
+            NTKMLP(3, [4], normalize_input=bad)
+    taps = FeatureTaps(mlp, ["net.0"], detach=np.True_)
+    assert taps.detach is True and not taps(torch.zeros(2, 5))[1]["net.0"].requires_grad
+    a = NTKMLP(3, [4], normalize_input=np.True_, generator=torch.Generator().manual_seed(0))
+    b = NTKMLP(3, [4], normalize_input=True, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a(x), b(x)) and a.kernel_parameters == b.kernel_parameters

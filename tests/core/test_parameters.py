@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdnb.core.parameters import Boolean, Choice, Integer, Real, Rule, Sequence, Spec, resolve
+from kdnb.core.parameters import (
+    Boolean,
+    Choice,
+    Integer,
+    Real,
+    Rule,
+    Sequence,
+    Spec,
+    resolve,
+)
 from kdnb.core.runtime import start_chapter
 
 NOT_NUMBERS = [None, "2", "two", b"2", [2], (2,), {"x": 2}, 2j]

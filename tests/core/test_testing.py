@@ -86,3 +86,26 @@ def test_rejects_bad_arguments():
         assert_gradient_reaches(w.sum(), ["w"])
     with pytest.raises(TypeError, match="untouched must be a module"):
         assert_gradient_reaches(w.sum(), w, untouched=3)
+
+
+def test_refuses_two_tensors_under_one_name():
+    teacher, student, x = teacher_student()
+    loss = kd_loss(student(x), teacher(x).detach(), None, rho=1.0, temperature=2.0)
+    with pytest.raises(ValueError, match=r"share the name\(s\) \['m.net.0.bias', 'm.net.0.weight'"):
+        assert_gradient_reaches(loss, {"m": student}, {"m": teacher})
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=r"share the name\(s\) \['1'\]"):
+        assert_gradient_reaches((a + b).sum(), {1: a, "1": b})
+    # distinct labels: every gradient is kept, reached first
+    grads = assert_gradient_reaches(loss, {"student": student}, {"teacher": teacher})
+    assert len(grads) == len(list(student.parameters())) + len(list(teacher.parameters()))
+    assert list(grads)[0].startswith("student.") and all(grads[k] is None for k in grads if k.startswith("teacher."))
+
+
+def test_retain_graph_must_be_a_bool():
+    import numpy as np
+
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(TypeError, match="retain_graph must be True or False"):
+        assert_gradient_reaches(w.sum(), w, retain_graph="no")
+    assert set(assert_gradient_reaches(w.sum(), {"w": w}, retain_graph=np.False_)) == {"w"}

@@ -19,7 +19,6 @@ def toy(n=64, seed=0):
     return x, (x[:, 0] + x[:, 1] > 0).long()
 
 
-
 def train(seed, batch_size=16, epochs=15):
     x, y = toy()
     model = MLP(4, (8,), 2, generator=torch.Generator().manual_seed(seed))
@@ -27,7 +26,6 @@ def train(seed, batch_size=16, epochs=15):
                   generator=torch.Generator().manual_seed(seed), evaluate=lambda m: {"acc": accuracy(m, x, y)},
                   eval_every=5, progress=False)
     return model, history
-
 
 
 def test_fit_learns_and_records_history():
@@ -39,14 +37,12 @@ def test_fit_learns_and_records_history():
     assert not model.training  # left in eval mode
 
 
-
 def test_same_seed_gives_identical_numbers():
     (m1, h1), (m2, h2) = train(3), train(3)
     assert h1.loss == h2.loss
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
     _, h3 = train(4)
     assert h3.loss != h1.loss
-
 
 
 def test_sgd_full_batch_matches_a_hand_written_gradient_step():
@@ -61,7 +57,6 @@ def test_sgd_full_batch_matches_a_hand_written_gradient_step():
     assert torch.allclose(model.net[0].bias, b0 - 0.1 * residual.sum(0), atol=1e-6)
 
 
-
 def test_distillation_objective_trains_a_student_toward_its_teacher():
     x, y = toy()
     teacher = MLP(4, (16,), 2, generator=torch.Generator().manual_seed(1))
@@ -74,7 +69,6 @@ def test_distillation_objective_trains_a_student_toward_its_teacher():
     assert accuracy(student, x, z_t.argmax(1)) > 0.95
 
 
-
 def test_binary_accuracy_and_objective():
     logits, labels = torch.tensor([2.0, -1.0, 0.5, -3.0]), torch.tensor([1, 0, 0, 0])
     assert accuracy(logits, labels) == 0.75
@@ -82,13 +76,13 @@ def test_binary_accuracy_and_objective():
     assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()))
 
 
-
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(epochs=0), ValueError, "epochs must be >= 1"),
     (dict(lr=-1.0), ValueError, "lr must be a finite number > 0"),
     (dict(optimizer="lbfgs"), ValueError, "optimizer must be one of"),
     (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
-    (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay must be a finite number >= 0"),
+    (dict(weight_decay=float("nan")), ValueError, "weight_decay must not be NaN"),
     (dict(targets=torch.zeros(3)), TypeError, "targets must be a list or tuple"),
     (dict(targets=[torch.zeros(5, dtype=torch.long)]), ValueError, "first dimension 64"),
     (dict(model="mlp"), TypeError, "model must be a torch.nn.Module"),
@@ -101,7 +95,6 @@ def test_fit_rejects_bad_arguments(kwargs, error, message):
     args.update(kwargs)
     with pytest.raises(error, match=message):
         fit(args.pop("model"), args.pop("objective"), args.pop("inputs"), args.pop("targets"), **args)
-
 
 
 def test_accuracy_rejects_mismatched_lengths():
@@ -133,7 +126,6 @@ def test_teacher_snapshots_are_one_gradient_descent_run():
         teacher_snapshots(model, x, y, epochs=[5, 5], evaluate_on=[x], generator=g)
     with pytest.raises(TypeError, match="list of input tensors"):
         teacher_snapshots(model, x, y, epochs=[1], evaluate_on=x, generator=g)
-
 
 
 class Scalar(torch.nn.Module):
@@ -296,7 +288,7 @@ def test_params_can_freeze_part_of_the_model_and_train_an_extra_module():
     (dict(params=[{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": -1.0}]), ValueError,
      "params\\[0\\]\\['lr'\\] must be a finite number > 0"),
     (dict(params=[{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": -1.0}]), ValueError,
-     "weight_decay'\\] must be >= 0"),
+     "weight_decay'\\] must be a finite number >= 0"),
     (dict(params=[{"params": [torch.nn.Parameter(torch.zeros(1))]}, torch.nn.Parameter(torch.zeros(1))]), TypeError,
      "not a mix"),
 ])
@@ -313,3 +305,54 @@ def test_fit_rejects_a_parameter_in_two_groups():
     with pytest.raises(ValueError, match="more than once"):
         fit(model, cross_entropy_objective(), x, [y], epochs=1, generator=torch.Generator(), progress=False,
             params=[{"params": model.parameters()}, {"params": [model.net[0].weight]}])
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(generator=None, batch_size=16), TypeError, "generator must be a torch.Generator"),
+    (dict(generator=None), TypeError, "generator must be a torch.Generator, got NoneType"),
+    (dict(generator=0, batch_size=16), TypeError, "generator must be a torch.Generator, got int"),
+    (dict(inputs=torch.zeros(0, 4), targets=[torch.zeros(0, dtype=torch.long)]), ValueError,
+     "inputs must be an \\(N, ...\\) tensor with N >= 1 examples, got shape \\(0, 4\\)"),
+    (dict(inputs=torch.tensor(1.0), targets=[]), ValueError, "inputs must be an \\(N, ...\\) tensor"),
+    (dict(batch_size="4"), TypeError, "batch_size must be an int, got str"),
+    (dict(batch_size=True), TypeError, "batch_size must be an int, got bool"),
+    (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+    (dict(optimizer="sgd", momentum=0.5, nesterov="no"), TypeError, "nesterov must be True or False"),
+])
+def test_fit_names_the_generator_inputs_and_batch_size(kwargs, error, message):
+    x, y = toy()
+    args = dict(model=MLP(4, (3,), 2), objective=cross_entropy_objective(), inputs=x, targets=[y], epochs=1,
+                generator=torch.Generator(), progress=False)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        fit(args.pop("model"), args.pop("objective"), args.pop("inputs"), args.pop("targets"), **args)
+
+
+def test_fit_accepts_a_numpy_bool_nesterov_and_large_batches_as_full_batch():
+    import numpy as np
+
+    x, y = toy()
+
+    def trained(**kwargs):
+        model = MLP(4, (8,), 2, generator=torch.Generator().manual_seed(0))
+        fit(model, cross_entropy_objective(), x, [y], epochs=3, lr=0.1, optimizer="sgd", momentum=0.9,
+            generator=torch.Generator().manual_seed(1), progress=False, **kwargs)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(trained(nesterov=np.True_, batch_size=16), trained(nesterov=True, batch_size=16))
+    assert not torch.equal(trained(nesterov=np.False_, batch_size=16), trained(nesterov=True, batch_size=16))
+    assert torch.equal(trained(batch_size=64.0), trained(batch_size=None))
+    assert torch.equal(trained(batch_size=10**6), trained())
+
+
+def test_distillation_objective_requires_bool_flags():
+    with pytest.raises(TypeError, match="binary must be True or False"):
+        distillation_objective(0.5, 2.0, binary="no")
+    with pytest.raises(TypeError, match="t2_scaling must be True or False"):
+        distillation_objective(0.5, 2.0, t2_scaling=None)
+    import numpy as np
+
+    z_s, z_t = torch.randn(5, generator=torch.Generator().manual_seed(0)), torch.zeros(5)
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert torch.equal(distillation_objective(0.5, 2.0, t2_scaling=np.False_, binary=np.True_)(z_s, z_t, y),
+                       distillation_objective(0.5, 2.0, t2_scaling=False, binary=True)(z_s, z_t, y))

@@ -1,5 +1,5 @@
-"""kdnb.kernels: the empirical NTK by three methods and by plain autograd, the analytic kernels against closed forms and
-Monte-Carlo, the linearized model, and the function-space solvers against explicit training in weight space."""
+"""kdnb.kernels.analytic: the ReLU NTK and NNGP against closed forms, the Arora et al. recursion, Monte-Carlo over
+finite networks, symmetry and positive semi-definiteness, and the spherical spectrum against Funk–Hecke."""
 
 import functools
 import math
@@ -11,59 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import spherical_in
 
-from kdnb.core.models import MLP, NTKMLP, AntisymmetricPair
+from kdnb.core.models import NTKMLP
 from kdnb.kernels.analytic import relu_kernels, relu_nngp, relu_ntk, sphere_eigenvalues
 from kdnb.kernels.empirical import (
     empirical_ntk,
 )
+from tests.helpers import gen, unit
 
 F64 = torch.float64
-
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-
-def unit(n, d, seed=0, dtype=F64):
-    x = torch.randn(n, d, generator=gen(seed), dtype=dtype)
-    return x / x.norm(dim=1, keepdim=True)
-
-
-
-def relative_max_error(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
-
-
-MODELS = {
-    "ntk-mlp-1": lambda dt: NTKMLP(5, [48], generator=gen(1), dtype=dt),
-    "ntk-mlp-2-bias": lambda dt: NTKMLP(5, [32, 24], bias_variance=0.3, normalize_input=True, generator=gen(2), dtype=dt),
-    "ntk-mlp-3-outputs": lambda dt: NTKMLP(5, [16, 8], 3, bias_variance=0.2, generator=gen(3), dtype=dt),
-    "standard-mlp": lambda dt: MLP(5, (16, 12), 1, generator=gen(4)).to(dt),
-    "standard-mlp-4-outputs": lambda dt: MLP(5, (16,), 4, generator=gen(5)).to(dt),
-    "antisymmetric-pair": lambda dt: AntisymmetricPair(NTKMLP(5, [24], bias_variance=0.5, generator=gen(6), dtype=dt)),
-}
-
-
-
-def per_example_gradients(model, x):
-    """The definition, with plain autograd: one backward pass per example and output, shape (N, O, P)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for xi in x:
-        out = model(xi[None]).reshape(-1)
-        rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[o], params,
-                                                                                        retain_graph=True)])
-                                 for o in range(out.numel())]))
-    return torch.stack(rows)
-
-
-
-def per_example_gradient_gram(model, x1, x2):
-    return torch.einsum("iap,jbp->ijab", per_example_gradients(model, x1), per_example_gradients(model, x2))
-
 
 
 def two_layer_closed_forms(x1, x2):
@@ -74,7 +29,6 @@ def two_layer_closed_forms(x1, x2):
     nngp = n1 * n2 * (torch.sin(theta) + (math.pi - theta) * cos) / (2 * math.pi)
     ntk = n1 * n2 * (torch.sin(theta) + 2 * (math.pi - theta) * cos) / (2 * math.pi)
     return nngp, ntk
-
 
 
 def arora_ntk(x1, x2, depth):
@@ -100,16 +54,6 @@ def arora_ntk(x1, x2, depth):
     return total
 
 
-
-def small_problem(n=12, width=24, seed=0):
-    net = AntisymmetricPair(NTKMLP(3, [width], weight_variance=0.5, bias_variance=0.5, readout_bias_variance=0.0,
-                                   generator=gen(seed), dtype=F64))
-    x, x_test = unit(n, 3, seed + 1), unit(5, 3, seed + 2)
-    teacher = 3 * torch.randn(n, generator=gen(seed + 3), dtype=F64)
-    return net, x, x_test, teacher
-
-
-
 def test_two_layer_kernels_match_the_arc_cosine_closed_forms():
     x1 = torch.randn(7, 4, generator=gen(0), dtype=F64) * 2
     x2 = torch.randn(5, 4, generator=gen(1), dtype=F64)
@@ -123,7 +67,6 @@ def test_two_layer_kernels_match_the_arc_cosine_closed_forms():
     torch.testing.assert_close(relu_nngp(e[:1] * 3, depth=1), torch.tensor([[4.5]], dtype=F64))
 
 
-
 def test_input_bias_convention_is_the_kernel_of_the_augmented_input():
     """A first-layer bias with σ_w² = σ_b² = 1/2 is the bias-free kernel of x̃ = [x, 1]/√2."""
     x1, x2 = unit(6, 3, 0), unit(4, 3, 1)
@@ -133,7 +76,6 @@ def test_input_bias_convention_is_the_kernel_of_the_augmented_input():
     torch.testing.assert_close(got, two_layer_closed_forms(augment(x1), augment(x2))[1], rtol=1e-12, atol=1e-12)
     assert torch.allclose(relu_ntk(x1, depth=1, weight_variance=0.5, bias_variance=0.5, readout_weight_variance=1.0,
                                    readout_bias_variance=0.0).diagonal(), torch.ones(6, dtype=F64), atol=1e-14)
-
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5, 8])
@@ -149,7 +91,6 @@ def test_diagonal_closed_forms_for_unit_inputs(depth):
     assert torch.allclose(got, torch.full((10,), expected, dtype=F64), rtol=1e-13)
 
 
-
 @settings(max_examples=20, deadline=None)
 @given(depth=st.integers(1, 5), seed=st.integers(0, 10_000))
 def test_he_and_unit_variance_conventions_differ_by_two_to_the_depth_plus_one(depth, seed):
@@ -159,7 +100,6 @@ def test_he_and_unit_variance_conventions_differ_by_two_to_the_depth_plus_one(de
     torch.testing.assert_close(he.nngp, 2 ** (depth + 1) * plain.nngp, rtol=1e-10, atol=1e-12)
     arora = relu_ntk(x1, x2, depth=depth, weight_variance=2.0, readout_weight_variance=1.0)
     torch.testing.assert_close(he.ntk, 2 * arora, rtol=1e-10, atol=1e-12)
-
 
 
 @settings(max_examples=30, deadline=None)
@@ -181,14 +121,12 @@ def test_analytic_kernels_are_symmetric_and_positive_semidefinite(n, d, depth, s
                                rtol=1e-7, atol=1e-7 * float(kernels.ntk.abs().max()))
 
 
-
 def test_first_layer_angles_are_exact_for_parallel_and_antiparallel_inputs():
     x = torch.tensor([[1.0], [3.0], [-2.0], [1e-3]], dtype=F64)  # one dimension: every angle is 0 or π
     nngp, ntk = two_layer_closed_forms(x, x)
     kernels = relu_kernels(x, depth=1)
     torch.testing.assert_close(kernels.ntk, ntk, rtol=1e-15, atol=1e-15)
     assert abs(float(kernels.ntk[0, 2])) < 1e-15 and abs(float(kernels.nngp[1, 2])) < 1e-15  # θ = π: zero
-
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])
@@ -199,14 +137,12 @@ def test_deep_kernel_matches_arora_et_al_formula(depth):
     np.testing.assert_allclose(got.numpy(), arora_ntk(x1, x2, depth), rtol=1e-10, atol=1e-12)
 
 
-
 def test_zero_inputs_give_finite_kernels():
     x = torch.zeros(2, 3, dtype=F64)
     x[1, 0] = 1.0
     for k in relu_kernels(x, depth=3, bias_variance=0.1):
         assert bool(torch.isfinite(k).all())
     assert float(relu_ntk(x, depth=2)[0, 0]) == 0.0
-
 
 
 @pytest.mark.parametrize("depth, width, kwargs, constant", [
@@ -234,7 +170,6 @@ def test_analytic_kernels_are_the_wide_limit_of_the_empirical_ntk(depth, width, 
     assert float((conditional - nngp).norm() / nngp.norm()) <= constant / math.sqrt(width)
 
 
-
 def test_sphere_eigenvalues_against_a_known_spectrum_and_the_zero_odd_harmonics():
     # exp(t) on S²: μ_k = ½ ∫ e^t P_k(t) dt = i_k(1), the modified spherical Bessel function.
     mu, mult = sphere_eigenvalues(lambda a, b: torch.exp(a @ b.T), 3, 8)
@@ -251,7 +186,6 @@ def test_sphere_eigenvalues_against_a_known_spectrum_and_the_zero_odd_harmonics(
     assert bool((mu_biased > 1e-6).all())
 
 
-
 def test_funk_hecke_expansion_reconstructs_the_kernel():
     """κ(t) = Σ_k N(d, k) μ_k P_k(t): exact for a polynomial kernel (degree 3 on S⁴)."""
     from scipy.special import eval_gegenbauer
@@ -263,7 +197,6 @@ def test_funk_hecke_expansion_reconstructs_the_kernel():
     series = sum(float(mult[k] * mu[k]) * eval_gegenbauer(k, 1.5, t.numpy()) / eval_gegenbauer(k, 1.5, 1.0)
                  for k in range(6))
     torch.testing.assert_close(torch.as_tensor(series), t**3 + 0.5 * t, rtol=1e-12, atol=1e-12)
-
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -282,3 +215,13 @@ def test_analytic_kernels_reject_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call(torch.randn(3, 3, dtype=F64))
 
+
+def test_normalize_input_must_be_a_bool():
+    x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match="normalize_input must be True or False"):
+            relu_kernels(x, depth=2, normalize_input=bad)
+    for flag in (True, False):
+        assert torch.equal(relu_ntk(x, depth=2, normalize_input=np.bool_(flag)),
+                           relu_ntk(x, depth=2, normalize_input=flag))
+    assert not torch.allclose(relu_nngp(x, depth=1, normalize_input=True), relu_nngp(x, depth=1))

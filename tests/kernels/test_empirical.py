@@ -1,10 +1,9 @@
-"""kdnb.kernels: the empirical NTK by three methods and by plain autograd, the analytic kernels against closed forms and
-Monte-Carlo, the linearized model, and the function-space solvers against explicit training in weight space."""
+"""kdnb.kernels.empirical: the three methods against each other and against per-example gradients from plain
+autograd, chunking, output modes, the closed form refused where it would be wrong, FLOP counts."""
 
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,25 +17,13 @@ from kdnb.kernels.empirical import (
     empirical_ntk,
     structured_ntk_supported,
 )
+from tests.helpers import gen, per_example_gradients
 
 F64 = torch.float64
 
 
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-
-def unit(n, d, seed=0, dtype=F64):
-    x = torch.randn(n, d, generator=gen(seed), dtype=dtype)
-    return x / x.norm(dim=1, keepdim=True)
-
-
-
 def relative_max_error(a, b):
     return float((a - b).abs().max() / b.abs().max())
-
 
 
 MODELS = {
@@ -49,67 +36,8 @@ MODELS = {
 }
 
 
-
-def per_example_gradients(model, x):
-    """The definition, with plain autograd: one backward pass per example and output, shape (N, O, P)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for xi in x:
-        out = model(xi[None]).reshape(-1)
-        rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[o], params,
-                                                                                        retain_graph=True)])
-                                 for o in range(out.numel())]))
-    return torch.stack(rows)
-
-
-
 def per_example_gradient_gram(model, x1, x2):
     return torch.einsum("iap,jbp->ijab", per_example_gradients(model, x1), per_example_gradients(model, x2))
-
-
-
-def two_layer_closed_forms(x1, x2):
-    """Cho & Saul's arc-cosine kernels for f(x) = aᵀ relu(Wx)/√m, both layers trained (written out independently)."""
-    n1, n2 = x1.norm(dim=1)[:, None], x2.norm(dim=1)[None, :]
-    cos = ((x1 @ x2.T) / (n1 * n2)).clamp(-1, 1)
-    theta = torch.arccos(cos)
-    nngp = n1 * n2 * (torch.sin(theta) + (math.pi - theta) * cos) / (2 * math.pi)
-    ntk = n1 * n2 * (torch.sin(theta) + 2 * (math.pi - theta) * cos) / (2 * math.pi)
-    return nngp, ntk
-
-
-
-def arora_ntk(x1, x2, depth):
-    """Arora et al. (2019), Eqs. (4)-(5), written out with numpy and arccos, independently of kdnb: c_σ = 2,
-    Σ⁽⁰⁾ = xᵀx', Σ⁽ʰ⁾ = c_σ E[relu relu], Σ̇⁽ʰ⁾ = c_σ E[relu' relu'] = (π − θ)/π, and
-    Θ = Σ_{h=1}^{L+1} Σ⁽ʰ⁻¹⁾ Π_{h'=h}^{L+1} Σ̇⁽ʰ'⁾ with Σ̇⁽ᴸ⁺¹⁾ = 1."""
-    x1, x2 = x1.numpy(), x2.numpy()
-    cov, var1, var2 = x1 @ x2.T, (x1**2).sum(1), (x2**2).sum(1)
-    sigmas, dots = [cov], []
-    for _ in range(depth):
-        norms = np.sqrt(np.outer(var1, var2))
-        theta = np.arccos(np.clip(cov / norms, -1, 1))
-        dots.append((np.pi - theta) / np.pi)
-        cov = norms * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi
-        sigmas.append(cov)  # the diagonal stays var (c_σ = 2 preserves it)
-    dots.append(np.ones_like(cov))
-    total = np.zeros_like(cov)
-    for h in range(1, depth + 2):
-        product = np.ones_like(cov)
-        for hp in range(h, depth + 2):
-            product = product * dots[hp - 1]
-        total += sigmas[h - 1] * product
-    return total
-
-
-
-def small_problem(n=12, width=24, seed=0):
-    net = AntisymmetricPair(NTKMLP(3, [width], weight_variance=0.5, bias_variance=0.5, readout_bias_variance=0.0,
-                                   generator=gen(seed), dtype=F64))
-    x, x_test = unit(n, 3, seed + 1), unit(5, 3, seed + 2)
-    teacher = 3 * torch.randn(n, generator=gen(seed + 3), dtype=F64)
-    return net, x, x_test, teacher
-
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (F64, 1e-10)])
@@ -126,7 +54,6 @@ def test_the_three_methods_agree(name, dtype, tolerance):
         assert relative_max_error(gram[m], gram["jacobian"]) <= tolerance, m
 
 
-
 def test_methods_agree_on_the_selected_device():
     """On a GPU machine this runs on CUDA (kdnb picks it); on CPU it is the same check on the CPU."""
     device = select_device()
@@ -137,7 +64,6 @@ def test_methods_agree_on_the_selected_device():
     assert all(k.device.type == device.type for k in kernels)
     for k in kernels[1:]:
         assert relative_max_error(k, kernels[0]) <= (1e-5 if dtype == torch.float32 else 1e-10)
-
 
 
 @pytest.mark.parametrize("name", ["ntk-mlp-2-bias", "ntk-mlp-3-outputs", "antisymmetric-pair"])
@@ -151,7 +77,6 @@ def test_empirical_ntk_is_the_gram_matrix_of_per_example_gradients(name):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-
 def test_frozen_parameters_are_left_out():
     model = nn_sequential = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
     nn_sequential[0].weight.requires_grad_(False)
@@ -159,7 +84,6 @@ def test_frozen_parameters_are_left_out():
     expected = per_example_gradient_gram(model, x, x)[:, :, 0, 0]
     for method in ("jacobian", "ntk_vp", "structured"):
         torch.testing.assert_close(empirical_ntk(model, x, method=method), expected, rtol=1e-12, atol=1e-12)
-
 
 
 @settings(max_examples=12, deadline=None)
@@ -174,7 +98,6 @@ def test_chunking_does_not_change_the_kernel(n1, n2, chunk, symmetric):
         torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
 
 
-
 def test_output_modes_for_multi_output_models():
     model = MODELS["ntk-mlp-3-outputs"](F64)
     x = torch.randn(4, 5, generator=gen(0), dtype=F64)
@@ -184,7 +107,6 @@ def test_output_modes_for_multi_output_models():
     # A Gram matrix of a symmetric pair of inputs: Θ_ab(x, x') = Θ_ba(x', x).
     torch.testing.assert_close(full, full.permute(1, 0, 3, 2))
     assert empirical_ntk(MODELS["ntk-mlp-1"](F64), x).shape == (4, 4)  # scalar output: (N1, N2) in every mode
-
 
 
 def test_auto_picks_the_closed_form_only_for_relu_networks():
@@ -199,14 +121,12 @@ def test_auto_picks_the_closed_form_only_for_relu_networks():
     torch.testing.assert_close(empirical_ntk(tanh, x), empirical_ntk(tanh, x, method="jacobian"))
 
 
-
 def test_cnn_kernel_by_jacobian_and_ntk_vector_products():
     model = DigitsCNN(channels=(4, 6), generator=gen(0)).double()
     x = torch.randn(3, 64, generator=gen(1), dtype=F64)
     jc, vp = empirical_ntk(model, x, method="jacobian"), empirical_ntk(model, x, method="ntk_vp")
     assert jc.shape == (3, 3, 10, 10)
     assert relative_max_error(vp, jc) < 1e-12
-
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -227,7 +147,6 @@ def test_empirical_ntk_rejects_bad_input(call, error, message):
         call(NTKMLP(5, [4], dtype=F64), torch.randn(3, 5, dtype=F64))
 
 
-
 def test_flop_model_and_timer():
     # Two-layer scalar network: 4 n² m + 2 n² d for the products, plus the passes.
     d, m, n = 7, 30, 11
@@ -236,7 +155,6 @@ def test_flop_model_and_timer():
     with pytest.raises(ValueError, match="layer_widths must be"):
         dense_ntk_flops([3, 4], 2, 2, "structured")
     assert time_call(lambda: sum(range(100)), repeats=2) > 0
-
 
 
 def test_closed_form_is_refused_where_it_would_be_wrong():
@@ -268,7 +186,6 @@ def test_closed_form_is_refused_where_it_would_be_wrong():
             empirical_ntk(model, x, method="structured")
 
 
-
 @pytest.mark.parametrize("make", [
     lambda: NTKMLP(4, [32], bias_variance=0.5, generator=gen(0), dtype=F64),
     lambda: NTKMLP(4, [16, 16], 3, bias_variance=0.5, generator=gen(1), dtype=F64),
@@ -285,7 +202,6 @@ def test_antisymmetric_pair_starts_at_zero_with_the_same_kernel(make):
     # The copies are independent parameters: moving one of them moves the output away from zero.
     pair.first.net[0].weight.data.add_(0.1)
     assert float(pair(x).detach().abs().max()) > 0
-
 
 
 def test_two_layer_pair_is_a_network_with_duplicated_units():

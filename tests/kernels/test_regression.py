@@ -1,5 +1,6 @@
-"""kdnb.kernels: the empirical NTK by three methods and by plain autograd, the analytic kernels against closed forms and
-Monte-Carlo, the linearized model, and the function-space solvers against explicit training in weight space."""
+"""kdnb.kernels.regression: kernel regression against weight-space training and direct solves, prefix norms from one
+factorisation, the nested-sample identities with explicit features, jitter, and closed-form gradient flow against
+the matrix exponential and small-step gradient descent."""
 
 
 import math
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from kdnb.core.data import sample_sphere
-from kdnb.core.models import MLP, NTKMLP, AntisymmetricPair
 from kdnb.core.training import fit
 from kdnb.kernels.analytic import relu_ntk
 from kdnb.kernels.empirical import empirical_ntk
@@ -25,95 +25,15 @@ from kdnb.kernels.regression import (
 from kdnb.papers.wide_network_kd import (
     student_kernel,
 )
+from tests.helpers import (
+    gen,
+    problem,
+    small_problem,
+    teacher_problem,
+    unit,
+)
 
 F64 = torch.float64
-
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-
-def unit(n, d, seed=0, dtype=F64):
-    x = torch.randn(n, d, generator=gen(seed), dtype=dtype)
-    return x / x.norm(dim=1, keepdim=True)
-
-
-
-def relative_max_error(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
-
-
-MODELS = {
-    "ntk-mlp-1": lambda dt: NTKMLP(5, [48], generator=gen(1), dtype=dt),
-    "ntk-mlp-2-bias": lambda dt: NTKMLP(5, [32, 24], bias_variance=0.3, normalize_input=True, generator=gen(2), dtype=dt),
-    "ntk-mlp-3-outputs": lambda dt: NTKMLP(5, [16, 8], 3, bias_variance=0.2, generator=gen(3), dtype=dt),
-    "standard-mlp": lambda dt: MLP(5, (16, 12), 1, generator=gen(4)).to(dt),
-    "standard-mlp-4-outputs": lambda dt: MLP(5, (16,), 4, generator=gen(5)).to(dt),
-    "antisymmetric-pair": lambda dt: AntisymmetricPair(NTKMLP(5, [24], bias_variance=0.5, generator=gen(6), dtype=dt)),
-}
-
-
-
-def per_example_gradients(model, x):
-    """The definition, with plain autograd: one backward pass per example and output, shape (N, O, P)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for xi in x:
-        out = model(xi[None]).reshape(-1)
-        rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[o], params,
-                                                                                        retain_graph=True)])
-                                 for o in range(out.numel())]))
-    return torch.stack(rows)
-
-
-
-def per_example_gradient_gram(model, x1, x2):
-    return torch.einsum("iap,jbp->ijab", per_example_gradients(model, x1), per_example_gradients(model, x2))
-
-
-
-def two_layer_closed_forms(x1, x2):
-    """Cho & Saul's arc-cosine kernels for f(x) = aᵀ relu(Wx)/√m, both layers trained (written out independently)."""
-    n1, n2 = x1.norm(dim=1)[:, None], x2.norm(dim=1)[None, :]
-    cos = ((x1 @ x2.T) / (n1 * n2)).clamp(-1, 1)
-    theta = torch.arccos(cos)
-    nngp = n1 * n2 * (torch.sin(theta) + (math.pi - theta) * cos) / (2 * math.pi)
-    ntk = n1 * n2 * (torch.sin(theta) + 2 * (math.pi - theta) * cos) / (2 * math.pi)
-    return nngp, ntk
-
-
-
-def arora_ntk(x1, x2, depth):
-    """Arora et al. (2019), Eqs. (4)-(5), written out with numpy and arccos, independently of kdnb: c_σ = 2,
-    Σ⁽⁰⁾ = xᵀx', Σ⁽ʰ⁾ = c_σ E[relu relu], Σ̇⁽ʰ⁾ = c_σ E[relu' relu'] = (π − θ)/π, and
-    Θ = Σ_{h=1}^{L+1} Σ⁽ʰ⁻¹⁾ Π_{h'=h}^{L+1} Σ̇⁽ʰ'⁾ with Σ̇⁽ᴸ⁺¹⁾ = 1."""
-    x1, x2 = x1.numpy(), x2.numpy()
-    cov, var1, var2 = x1 @ x2.T, (x1**2).sum(1), (x2**2).sum(1)
-    sigmas, dots = [cov], []
-    for _ in range(depth):
-        norms = np.sqrt(np.outer(var1, var2))
-        theta = np.arccos(np.clip(cov / norms, -1, 1))
-        dots.append((np.pi - theta) / np.pi)
-        cov = norms * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi
-        sigmas.append(cov)  # the diagonal stays var (c_σ = 2 preserves it)
-    dots.append(np.ones_like(cov))
-    total = np.zeros_like(cov)
-    for h in range(1, depth + 2):
-        product = np.ones_like(cov)
-        for hp in range(h, depth + 2):
-            product = product * dots[hp - 1]
-        total += sigmas[h - 1] * product
-    return total
-
-
-
-def problem(n=60, k=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    return x, student_kernel(x), torch.randn(n, k, generator=g, dtype=F64)
 
 
 def explicit_features(n, dim_features, seed):
@@ -121,23 +41,6 @@ def explicit_features(n, dim_features, seed):
     g = torch.Generator().manual_seed(seed)
     phi = torch.randn(dim_features, n, generator=g, dtype=F64)
     return phi, phi.T @ phi, g
-
-
-def teacher_problem(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    y = 4 * torch.sign(torch.randn(n, generator=g, dtype=F64))
-    return x, student_kernel(x), y
-
-
-
-def small_problem(n=12, width=24, seed=0):
-    net = AntisymmetricPair(NTKMLP(3, [width], weight_variance=0.5, bias_variance=0.5, readout_bias_variance=0.0,
-                                   generator=gen(seed), dtype=F64))
-    x, x_test = unit(n, 3, seed + 1), unit(5, 3, seed + 2)
-    teacher = 3 * torch.randn(n, generator=gen(seed + 3), dtype=F64)
-    return net, x, x_test, teacher
-
 
 
 def test_kernel_regression_is_where_weight_space_training_converges():
@@ -158,7 +61,6 @@ def test_kernel_regression_is_where_weight_space_training_converges():
     assert math.isclose(float(weight_change_norm(kernel, z)), float(solution.weight_change_norm), rel_tol=1e-12)
 
 
-
 def test_kernel_regression_interpolates_and_accounts_for_the_initial_function():
     x = unit(20, 3, 0)
     kernel = relu_ntk(x, depth=2, bias_variance=0.2)
@@ -173,7 +75,6 @@ def test_kernel_regression_interpolates_and_accounts_for_the_initial_function():
                             rel_tol=1e-8)
 
 
-
 def test_prefix_norms_from_one_factorisation_equal_direct_solves():
     x = unit(40, 3, 3)
     kernel = relu_ntk(x, depth=1, weight_variance=0.5, bias_variance=0.5, readout_bias_variance=0.0)
@@ -186,7 +87,6 @@ def test_prefix_norms_from_one_factorisation_equal_direct_solves():
             assert math.isclose(float(prefixes[n - 1, j]), float(direct.sqrt()), rel_tol=1e-9)
 
 
-
 def test_cholesky_jitter_is_stated_and_failures_are_loud():
     x = unit(5, 3, 0)
     kernel = relu_ntk(x, depth=1)
@@ -196,7 +96,6 @@ def test_cholesky_jitter_is_stated_and_failures_are_loud():
     repeated = relu_ntk(torch.cat([x, x[:1]]), depth=1)
     with pytest.raises(ValueError, match="not positive definite even with jitter 0"):
         cholesky_with_jitter(repeated, jitter=0.0)
-
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -234,7 +133,6 @@ def test_prefix_norms_equal_direct_solves():
     torch.testing.assert_close(norms, weight_change_norm(kernel, z, prefixes=True), rtol=1e-12, atol=0)
 
 
-
 def test_rank_one_norm_increment():
     """‖Δŵ_{n+1}‖² − ‖Δŵ_n‖² = (z_{n+1} − μ_n(x_{n+1}))² / s_n²(x_{n+1})."""
     _, kernel, z = problem(k=1)
@@ -246,7 +144,6 @@ def test_rank_one_norm_increment():
         variance = kernel[n, n] - k_new @ torch.linalg.solve(kernel[:n, :n], k_new)
         increment = norms[n] ** 2 - norms[n - 1] ** 2
         assert float(increment) == pytest.approx(float((z[n] - mean) ** 2 / variance), rel=1e-6)
-
 
 
 def test_predictions_match_kernel_regression():
@@ -263,7 +160,6 @@ def test_predictions_match_kernel_regression():
         nested.predict(61, kernel_test)
     with pytest.raises(ValueError, match="at least n"):
         nested.predict(20, kernel_test[:, :10])
-
 
 
 def test_projection_identity_in_weight_space():
@@ -284,7 +180,6 @@ def test_projection_identity_in_weight_space():
     assert bool((nested.oracle_angles().diff() <= 1e-12).all())
 
 
-
 def test_zero_weight_change_separates():
     """Δŵ − Δw_z = Φ K⁻¹ z: the weight change relative to the zero weight change depends only on the targets."""
     phi, kernel, g = explicit_features(30, 100, 1)
@@ -293,7 +188,6 @@ def test_zero_weight_change_separates():
     zero = phi @ NestedKernelRegression(kernel, -f0).coefficients(30)
     torch.testing.assert_close(total - zero, phi @ NestedKernelRegression(kernel, z).coefficients(30),
                                rtol=1e-8, atol=1e-8)
-
 
 
 def test_weight_change_cosine_errors():
@@ -314,7 +208,6 @@ def test_teacher_matches_the_matrix_exponential():
         assert float(teacher.weight_change_norm(tau)) == pytest.approx(float(c @ kernel @ c) ** 0.5, rel=1e-8)
 
 
-
 def test_teacher_matches_gradient_descent_with_small_steps():
     x, kernel, y = teacher_problem(n=20)
     teacher = KernelGradientFlow(kernel, y)
@@ -323,7 +216,6 @@ def test_teacher_matches_gradient_descent_with_small_steps():
     for _ in range(steps):
         f = f - lr * kernel @ (f - y) / 20
     torch.testing.assert_close(teacher.logits(kernel, lr * steps), f, rtol=0, atol=2e-3)
-
 
 
 def test_teacher_grows_with_tau_and_converges_to_the_interpolant():
@@ -343,7 +235,6 @@ def test_teacher_grows_with_tau_and_converges_to_the_interpolant():
         teacher.coefficients(0.0)
     with pytest.raises(ValueError, match="targets must have shape"):
         KernelGradientFlow(kernel, y[:5])
-
 
 
 def test_teacher_handles_a_singular_kernel():

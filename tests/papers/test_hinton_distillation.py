@@ -22,7 +22,6 @@ def problem():
     return x, y, teacher_logits
 
 
-
 @pytest.mark.parametrize("regime", ["scratch", "kd", "transfer"])
 def test_train_student_regimes_are_deterministic(problem, regime):
     x, y, z = problem
@@ -32,14 +31,12 @@ def test_train_student_regimes_are_deterministic(problem, regime):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-
 def test_transfer_set_uses_unlabelled_inputs(problem):
     """With rho = 1 the transfer regime learns from the teacher on every input, labels or not."""
     x, y, z = problem
     student = train_student(x, y, z, regime="transfer", n_labels=3, hidden=(16,), rho=1.0, temperature=1.0,
                             epochs=150, lr=0.05, generator=torch.Generator().manual_seed(2))
     assert (student(x).argmax(1) == z.argmax(1)).float().mean() > 0.8
-
 
 
 def test_omit_class_removes_it_from_training(problem):
@@ -56,7 +53,6 @@ def test_omit_class_removes_it_from_training(problem):
                       generator=torch.Generator())
 
 
-
 def test_soft_gradient_norm_high_temperature_limits():
     """At large T, ||grad|| -> ||(z_s - z_t) - mean||/C with T^2 scaling and that over T^2 without it."""
     g = torch.Generator().manual_seed(3)
@@ -66,7 +62,6 @@ def test_soft_gradient_norm_high_temperature_limits():
     T = 1e4
     assert math.isclose(soft_gradient_norm(zs, zt, T, t2_scaling=True), limit, rel_tol=1e-3)
     assert math.isclose(soft_gradient_norm(zs, zt, T, t2_scaling=False), limit / T**2, rel_tol=1e-3)
-
 
 
 def test_mean_soft_targets_rows_are_distributions():

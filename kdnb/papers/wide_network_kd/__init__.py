@@ -41,6 +41,7 @@ from .experiments import (
     fitted_slope,
     imperfect_teacher_experiment,
     inefficiency_table,
+    poor_teacher_gain,
     target_difficulty_norms,
     transfer_risk_experiment,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "TransferRiskRun",
     "accumulative_angle_distribution",
     "best_rho_table",
+    "poor_teacher_gain",
     "boundary_angles",
     "circle_example",
     "data_inefficiency",

@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from numbers import Real
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +25,7 @@ from ...core.runtime import float64_device
 from ...core.sweeps import power_law_fit
 from ...core.training import distill, predict_logits, teacher_snapshots
 from ...core.validation import (
+    check_bool,
     check_in_unit_interval,
     check_positive,
     check_positive_int,
@@ -51,7 +54,7 @@ from .students import (
 )
 
 __all__ = ["CircleExample", "DigitsExample", "DigitsRun", "ImperfectTeacherRun", "StoppedTeacherNorms", "TransferRiskRun",
-           "best_rho_table", "circle_example", "digits_experiment", "early_stopped_distillation_norms", "fitted_slope",
+           "best_rho_table", "circle_example", "poor_teacher_gain", "digits_experiment", "early_stopped_distillation_norms", "fitted_slope",
            "imperfect_teacher_experiment", "inefficiency_table", "target_difficulty_norms", "transfer_risk_experiment"]
 
 
@@ -625,6 +628,15 @@ def imperfect_teacher_experiment(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _numpy_as_list(values, name: str):
+    """A 1-D numpy array as a list of Python numbers (anything else unchanged, for :func:`check_sequence`)."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got an array of shape {values.shape}")
+        return values.tolist()
+    return values
+
+
 def fitted_slope(n_values: Sequence[int], values: Sequence[float], fit_from: int) -> tuple[float, float]:
     r"""Slope and R² of the log-log fit of ``values`` against n, for n >= ``fit_from`` and positive values only.
 
@@ -634,9 +646,10 @@ def fitted_slope(n_values: Sequence[int], values: Sequence[float], fit_from: int
     Parameters
     ----------
     n_values : sequence of int
-        The sample sizes n, each >= 1.
+        The sample sizes n, each >= 1 (a list, a tuple, a 1-D tensor or a 1-D numpy array).
     values : sequence of float
-        One value per n (e.g. the mean transfer risk), each >= 0 or NaN (left out, like 0).
+        One value per n (e.g. the mean transfer risk), each a finite real number >= 0 or NaN (left out, like 0), in
+        the same forms as ``n_values`` (not a mapping or a set, whose order is not that of ``n_values``).
     fit_from : int
         The smallest n used, >= 1.
 
@@ -650,18 +663,26 @@ def fitted_slope(n_values: Sequence[int], values: Sequence[float], fit_from: int
     Raises
     ------
     TypeError
-        If ``n_values`` or ``values`` is not a sequence, or ``fit_from`` is not an int.
+        If ``n_values`` or ``values`` is not a sequence (a dict or a set is refused), a value is not a real number
+        (a bool is refused), or ``fit_from`` or an n is not an int.
     ValueError
-        If their lengths differ, or ``fit_from`` or an n is < 1.
+        If ``n_values`` or ``values`` is empty or not 1-D, their lengths differ, a value is negative or infinite, or
+        ``fit_from`` or an n is < 1.
 
     References
     ----------
     Ji & Zhu 2020, Fig. 2 (the transfer risk falls as a power law in n). Chapter 3, figure ``fig-risk``.
     """
-    n_values = [check_positive_int(n, "n_values") for n in check_sequence(n_values, "n_values")]
-    values = list(values) if not isinstance(values, torch.Tensor) else values.tolist()
+    n_values = [check_positive_int(n, "n_values") for n in check_sequence(_numpy_as_list(n_values, "n_values"),
+                                                                          "n_values")]
+    values = check_sequence(_numpy_as_list(values, "values"), "values")
     if len(values) != len(n_values):
         raise ValueError(f"values must have one entry per n ({len(n_values)}), got {len(values)}")
+    for i, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, Real):
+            raise TypeError(f"values[{i}] must be a real number (>= 0 or NaN), got {type(v).__name__} {v!r}")
+        if not (math.isnan(v) or 0 <= v < math.inf):
+            raise ValueError(f"values[{i}] must be a finite number >= 0 or NaN, got {v!r}")
     fit_from = check_positive_int(fit_from, "fit_from")
     keep = [(n, v) for n, v in zip(n_values, values) if n >= fit_from and v > 0]
     if len(keep) < 2:
@@ -969,7 +990,8 @@ def digits_experiment(
     teacher_epochs : sequence of int
         Increasing epochs (full-batch gradient steps), >= 1, at which the teacher is read.
     mlp_snapshots : sequence of int
-        Indices into ``teacher_epochs`` of the snapshots that get MLP students, each in [0, len(teacher_epochs)).
+        Indices into ``teacher_epochs`` of the snapshots that get MLP students, each in [0, len(teacher_epochs));
+        may be empty (no MLP students).
     mlp_rhos : sequence of float
         Soft ratios in (0, 1] of the MLP students (at least one).
     mlp_epochs : int
@@ -977,11 +999,11 @@ def digits_experiment(
     n_teacher : int, default 900
         Training images of the teacher, >= 1; the other training images are the students'.
     teacher_hidden : sequence of int, default (64,)
-        Hidden widths of the teacher.
+        Hidden widths of the teacher, each >= 1.
     teacher_lr : float, default 0.1
         The teacher's learning rate, > 0.
     student_hidden : sequence of int, default (128,)
-        Hidden widths of the MLP students.
+        Hidden widths of the MLP students, each >= 1.
     student_lr : float, default 0.01
         The MLP students' learning rate (Adam), > 0.
     t2_scaling : bool, default True
@@ -1001,9 +1023,11 @@ def digits_experiment(
     Raises
     ------
     TypeError
-        If ``generator_for`` is not callable, ``t2_scaling`` is not a bool, or an argument has the wrong type.
+        If ``generator_for`` is not callable, ``t2_scaling`` or ``progress`` is not a bool, a sequence argument
+        (``rhos``, ``teacher_epochs``, ``mlp_snapshots``, ``mlp_rhos``, ``teacher_hidden``, ``student_hidden``) is not
+        a sequence, or an argument has the wrong type.
     ValueError
-        If a count, epoch, learning rate, ρ, ``temperature`` or ``example_accuracy`` is out of range,
+        If a count, epoch, width, learning rate, ρ, ``temperature`` or ``example_accuracy`` is out of range,
         ``teacher_epochs`` is not increasing, ``mlp_snapshots`` has an index out of range, or ``n_teacher`` leaves
         no image for the students.
 
@@ -1022,14 +1046,19 @@ def digits_experiment(
     teacher_epochs = [check_positive_int(e, "teacher_epochs") for e in check_sequence(teacher_epochs, "teacher_epochs")]
     if any(b <= a for a, b in pairwise(teacher_epochs)):
         raise ValueError(f"teacher_epochs must be increasing, got {teacher_epochs}")
-    mlp_snapshots = [check_positive_int(k, "mlp_snapshots", minimum=0) for k in mlp_snapshots]
+    mlp_snapshots = [check_positive_int(k, "mlp_snapshots", minimum=0)
+                     for k in check_sequence(mlp_snapshots, "mlp_snapshots", allow_empty=True)]
     if any(k >= len(teacher_epochs) for k in mlp_snapshots):
         raise ValueError(f"mlp_snapshots must index teacher_epochs, in [0, {len(teacher_epochs)}), got {mlp_snapshots}")
     mlp_epochs = check_positive_int(mlp_epochs, "mlp_epochs")
     n_teacher = check_positive_int(n_teacher, "n_teacher")
+    teacher_hidden = [check_positive_int(h, "teacher_hidden")
+                      for h in check_sequence(teacher_hidden, "teacher_hidden", allow_empty=True)]
+    student_hidden = [check_positive_int(h, "student_hidden")
+                      for h in check_sequence(student_hidden, "student_hidden", allow_empty=True)]
     teacher_lr, student_lr = check_positive(teacher_lr, "teacher_lr"), check_positive(student_lr, "student_lr")
-    if not isinstance(t2_scaling, bool):
-        raise TypeError(f"t2_scaling must be True or False, got {t2_scaling!r}")
+    t2_scaling = check_bool(t2_scaling, "t2_scaling")
+    progress = check_bool(progress, "progress")
     example_accuracy = check_in_unit_interval(example_accuracy, "example_accuracy")
 
     digit_rows, mlp_rows, examples = [], [], None
@@ -1085,8 +1114,9 @@ def best_rho_table(results: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     results : pandas.DataFrame
-        Indexed by (``epoch``, ``rho``) with columns ``teacher`` and ``student`` (accuracies), as
-        :attr:`DigitsRun.kernel_results`; every epoch needs a row with ρ = 1 and one with ρ < 1.
+        Indexed by (``epoch``, ``rho``), one row per pair, with columns ``teacher`` and ``student`` (accuracies), as
+        :attr:`DigitsRun.kernel_results`; every ρ in (0, 1], every epoch with a row at ρ = 1, at least one finite
+        student accuracy at ρ < 1, and one teacher accuracy (the same on all its rows).
 
     Returns
     -------
@@ -1099,8 +1129,9 @@ def best_rho_table(results: pd.DataFrame) -> pd.DataFrame:
     TypeError
         If ``results`` is not a DataFrame.
     ValueError
-        If its index levels are not ``epoch`` and ``rho``, it lacks the ``teacher`` or ``student`` column, or an
-        epoch has no ρ = 1 or no ρ < 1 row.
+        If its index levels are not ``epoch`` and ``rho``, an (epoch, ρ) pair appears twice, a ρ is outside (0, 1],
+        it lacks the ``teacher`` or ``student`` column, or an epoch has no ρ = 1 row, no ρ < 1 row with a finite
+        student accuracy, or different teacher accuracies on its rows.
 
     References
     ----------
@@ -1114,12 +1145,58 @@ def best_rho_table(results: pd.DataFrame) -> pd.DataFrame:
     missing = {"teacher", "student"} - set(results.columns)
     if missing:
         raise ValueError(f"results lacks the column(s) {sorted(missing)}")
+    if not results.index.is_unique:
+        repeated = sorted(set(results.index[results.index.duplicated()].tolist()))
+        raise ValueError(f"results must have one row per (epoch, rho), got repeated rows at {repeated}")
+    for rho in results.index.get_level_values("rho").unique():
+        check_in_unit_interval(rho, "results' rho", open_low=True)
     rows = {}
     for epoch, group in results.groupby(level="epoch"):
         group = group.droplevel("epoch")
         below = group[group.index < 1]
         if 1.0 not in group.index or below.empty:
             raise ValueError(f"epoch {epoch} needs a row with rho = 1 and one with rho < 1")
+        if group["teacher"].nunique(dropna=False) != 1:
+            raise ValueError(f"epoch {epoch} has different teacher accuracies on its rows "
+                             f"({sorted(group['teacher'].unique().tolist())}): one teacher per epoch")
+        if not np.isfinite(below["student"].to_numpy(dtype=float)).any():
+            raise ValueError(f"epoch {epoch} has no finite student accuracy at rho < 1 (all NaN or infinite), so "
+                             "there is no best rho < 1")
         rows[epoch] = {"teacher": group["teacher"].iloc[0], "student ρ = 1": group.loc[1.0, "student"],
                        "best ρ < 1": below["student"].idxmax(), "its student": below["student"].max()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("teacher epoch")
+
+
+def poor_teacher_gain(table: pd.DataFrame, *, below: float = 0.85) -> float:
+    r"""The smallest gain of the best :math:`\rho < 1` student over the :math:`\rho = 1` student, among the teachers
+    whose accuracy is below ``below``: the quantity behind "hard labels correct a poor teacher" (Ji & Zhu 2020,
+    Fig. 5).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The output of :func:`best_rho_table`: one row per teacher, with columns ``"teacher"``,
+        ``"student ρ = 1"`` and ``"its student"`` (accuracies in [0, 1]).
+    below : float, default 0.85
+        Teachers with accuracy strictly below this count as poor; in (0, 1].
+
+    Returns
+    -------
+    float
+        ``min(its student - student ρ = 1)`` over the poor teachers, NaN if there is none.
+
+    Raises
+    ------
+    TypeError
+        If ``table`` is not a DataFrame.
+    ValueError
+        If a column is missing or ``below`` is outside (0, 1].
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table must be a pandas DataFrame (from best_rho_table), got {type(table).__name__}")
+    missing = [c for c in ("teacher", "student ρ = 1", "its student") if c not in table.columns]
+    if missing:
+        raise ValueError(f"table must have the columns of best_rho_table; missing {missing}")
+    below = check_in_unit_interval(below, "below", open_low=True)
+    poor_rows = table[table["teacher"] < below]
+    return float((poor_rows["its student"] - poor_rows["student ρ = 1"]).min()) if len(poor_rows) else math.nan

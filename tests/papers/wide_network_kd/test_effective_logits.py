@@ -1,6 +1,5 @@
-"""kdnb.papers.wide_network_kd: effective logits against an independent root finder and finite differences, the nested student against
-direct solves and explicit feature vectors, Theorem 1's geometry, the data-inefficiency estimator, and the
-early-stopped teacher against the matrix exponential."""
+"""kdnb.papers.wide_network_kd.effective_logits: roots against an independent root finder, the KD loss minimised there,
+antisymmetry, the two conventions, the jump at z_t = 0, and the hard-label derivative against finite differences."""
 
 import math
 
@@ -10,16 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 
-from kdnb.core.data import sample_sphere
 from kdnb.core.losses import binary_kd_loss, binary_kd_loss_gradient
 from kdnb.papers.wide_network_kd import (
     effective_logits_hard_derivative,
     effective_student_logits,
-    student_kernel,
 )
 
 F64 = torch.float64
-
 
 
 def residual(z, z_t, y, rho, temperature, t2_scaling):
@@ -27,7 +23,6 @@ def residual(z, z_t, y, rho, temperature, t2_scaling):
     c_t = temperature**2 if t2_scaling else 1.0
     return (rho * c_t / temperature * (torch.sigmoid(z / temperature) - torch.sigmoid(z_t / temperature))
             + (1 - rho) * (torch.sigmoid(z) - y))
-
 
 
 def independent_root(z_t, y, rho, temperature, t2_scaling):
@@ -38,30 +33,6 @@ def independent_root(z_t, y, rho, temperature, t2_scaling):
                 + (1 - rho) * (1 / (1 + math.exp(-z)) - y))
 
     return brentq(g, -200, 200, xtol=1e-14, rtol=1e-15, maxiter=500)
-
-
-
-def problem(n=60, k=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    return x, student_kernel(x), torch.randn(n, k, generator=g, dtype=F64)
-
-
-
-def explicit_features(n, dim_features, seed):
-    """A finite feature map Φ (D x N) and its Gram matrix, for checks in weight space."""
-    g = torch.Generator().manual_seed(seed)
-    phi = torch.randn(dim_features, n, generator=g, dtype=F64)
-    return phi, phi.T @ phi, g
-
-
-
-def teacher_problem(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    y = 4 * torch.sign(torch.randn(n, generator=g, dtype=F64))
-    return x, student_kernel(x), y
-
 
 
 @settings(max_examples=80, deadline=None)
@@ -77,7 +48,6 @@ def test_effective_logits_are_roots(z_t, rho, temperature, t2, seed):
     assert float(grad.abs().max()) <= 1e-10
 
 
-
 def test_effective_logits_minimise_the_kd_loss():
     z_t = torch.linspace(-6, 6, 13, dtype=F64)
     y = (z_t > 0).to(F64)
@@ -86,7 +56,6 @@ def test_effective_logits_minimise_the_kd_loss():
     for shift in (-1e-3, 1e-3):
         shifted = binary_kd_loss(z + shift, z_t, y, rho=0.3, temperature=5.0, t2_scaling=False, reduction="none")
         assert bool((shifted > loss).all())
-
 
 
 @pytest.mark.parametrize("t2", [False, True])
@@ -98,13 +67,11 @@ def test_effective_logits_match_an_independent_root_finder(t2):
         assert float(z) == pytest.approx(independent_root(z_t, y, rho, temperature, t2), abs=1e-9)
 
 
-
 def test_pure_soft_returns_teacher_logits_exactly():
     z_t = torch.linspace(-40, 40, 101, dtype=F64)
     y = torch.randint(0, 2, (101,), generator=torch.Generator().manual_seed(0)).to(F64)
     for t2 in (False, True):
         assert torch.equal(effective_student_logits(z_t, y, 1.0, 3.0, t2_scaling=t2), z_t)
-
 
 
 def test_rho_zero_is_refused_with_a_reason():
@@ -114,19 +81,16 @@ def test_rho_zero_is_refused_with_a_reason():
         effective_student_logits(torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64), [0.5, 0], 5.0)
 
 
-
 @pytest.mark.parametrize("rho", [-0.1, 1.01, float("nan")])
 def test_rho_outside_the_interval_raises(rho):
     with pytest.raises(ValueError, match="rho"):
         effective_student_logits(torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64), rho, 5.0)
 
 
-
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf")])
 def test_temperature_must_be_positive(temperature):
     with pytest.raises(ValueError, match="temperature"):
         effective_student_logits(torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64), 0.5, temperature)
-
 
 
 def test_bad_labels_and_shapes_raise():
@@ -141,7 +105,6 @@ def test_bad_labels_and_shapes_raise():
         effective_student_logits([0.0], torch.ones(1, dtype=F64), 0.5, 5.0)
 
 
-
 def test_a_sequence_of_rho_adds_a_last_axis():
     z_t = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
     y = (z_t > 0).to(F64)
@@ -151,7 +114,6 @@ def test_a_sequence_of_rho_adds_a_last_axis():
         # equal up to rounding: vectorised sigmoids may round differently in differently sized batches
         torch.testing.assert_close(many[..., j], effective_student_logits(z_t, y, rho, 5.0), rtol=1e-13, atol=1e-13)
     assert torch.equal(effective_student_logits(z_t, y, [0.1, 0.5, 1.0], 5.0), many)  # deterministic
-
 
 
 @settings(max_examples=60, deadline=None)
@@ -165,7 +127,6 @@ def test_effective_logits_are_antisymmetric(z_t, rho, temperature, t2, y):
     assert float(minus) == pytest.approx(-float(plus), abs=1e-9)
 
 
-
 @pytest.mark.parametrize("t2", [False, True])
 @pytest.mark.parametrize("rho", [0.05, 0.3, 0.9])
 def test_effective_logits_increase_with_the_teacher(t2, rho):
@@ -173,7 +134,6 @@ def test_effective_logits_increase_with_the_teacher(t2, rho):
     for y in (0.0, 1.0):
         z = effective_student_logits(z_t, torch.full_like(z_t, y), rho, 5.0, t2_scaling=t2)
         assert bool((z.diff() > 0).all())
-
 
 
 def test_correct_teacher_keeps_the_sign_and_inflates_logits():
@@ -186,13 +146,11 @@ def test_correct_teacher_keeps_the_sign_and_inflates_logits():
             assert bool((z.abs() > z_t.abs()).all())
 
 
-
 def test_conventions_agree_at_unit_temperature():
     z_t = torch.linspace(-8, 8, 33, dtype=F64)
     y = (z_t < 0).to(F64)  # a wrong teacher, to exercise both terms
     torch.testing.assert_close(effective_student_logits(z_t, y, [0.2, 0.7], 1.0, t2_scaling=False),
                                effective_student_logits(z_t, y, [0.2, 0.7], 1.0, t2_scaling=True), rtol=0, atol=0)
-
 
 
 @pytest.mark.parametrize("t2", [False, True])
@@ -209,12 +167,10 @@ def test_jump_at_zero_matches_an_independent_solve(t2):
         previous = jump
 
 
-
 def test_plain_jump_grows_with_temperature():
     jumps = [2 * float(effective_student_logits(torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64), 0.05, t, t2_scaling=False))
              for t in (1.0, 2.0, 5.0, 10.0, 20.0)]
     assert all(b > a for a, b in zip(jumps, jumps[1:]))
-
 
 
 @pytest.mark.parametrize("t2", [False, True])
@@ -233,7 +189,6 @@ def test_hard_label_derivative_matches_finite_differences(t2):
     assert bool(torch.isfinite(at_one).all())
 
 
-
 def test_derivative_at_pure_soft_has_its_closed_form():
     """At ρ = 1, z_eff = z_t and ∂z/∂(1−ρ) = −(σ(z_t) − y) / ((c_T/T²) σ'(z_t/T))."""
     z_t = torch.tensor([-3.0, -0.2, 0.4, 5.0], dtype=F64)
@@ -244,7 +199,6 @@ def test_derivative_at_pure_soft_has_its_closed_form():
         expected = -(torch.sigmoid(z_t) - y) / (c_t / 25.0 * slope)
         torch.testing.assert_close(effective_logits_hard_derivative(z_t, y, 1.0, 5.0, t2_scaling=t2), expected,
                                    rtol=1e-12, atol=1e-12)
-
 
 
 def test_large_logits_are_exact_or_refused():
@@ -259,7 +213,6 @@ def test_large_logits_are_exact_or_refused():
         effective_student_logits(torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64), 1e-300, 1.0)
     # pure soft needs no root: any finite logit is returned as is
     assert float(effective_student_logits(torch.tensor([1e4], dtype=F64), torch.ones(1, dtype=F64), 1.0, 1.0)) == 1e4
-
 
 
 def test_effective_logits_do_not_track_gradients():

@@ -1,6 +1,5 @@
-"""kdnb.papers.wide_network_kd: effective logits against an independent root finder and finite differences, the nested student against
-direct solves and explicit feature vectors, Theorem 1's geometry, the data-inefficiency estimator, and the
-early-stopped teacher against the matrix exponential."""
+"""kdnb.papers.wide_network_kd.experiments: each driver of the paper's Figs. 2 to 5 against a recomputation from
+scratch, determinism, and bad inputs."""
 
 import math
 
@@ -8,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy.optimize import brentq
 
 from kdnb.core.data import (
     GaussianMixtureOnSphere,
@@ -48,49 +46,6 @@ from kdnb.papers.wide_network_kd import (
 F64 = torch.float64
 
 
-
-def residual(z, z_t, y, rho, temperature, t2_scaling):
-    """g(z) with the plain formula (no stable rewriting), as an independent check."""
-    c_t = temperature**2 if t2_scaling else 1.0
-    return (rho * c_t / temperature * (torch.sigmoid(z / temperature) - torch.sigmoid(z_t / temperature))
-            + (1 - rho) * (torch.sigmoid(z) - y))
-
-
-
-def independent_root(z_t, y, rho, temperature, t2_scaling):
-    c_t = temperature**2 if t2_scaling else 1.0
-
-    def g(z):
-        return (rho * c_t / temperature * (1 / (1 + math.exp(-z / temperature)) - 1 / (1 + math.exp(-z_t / temperature)))
-                + (1 - rho) * (1 / (1 + math.exp(-z)) - y))
-
-    return brentq(g, -200, 200, xtol=1e-14, rtol=1e-15, maxiter=500)
-
-
-
-def problem(n=60, k=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    return x, student_kernel(x), torch.randn(n, k, generator=g, dtype=F64)
-
-
-
-def explicit_features(n, dim_features, seed):
-    """A finite feature map Φ (D x N) and its Gram matrix, for checks in weight space."""
-    g = torch.Generator().manual_seed(seed)
-    phi = torch.randn(dim_features, n, generator=g, dtype=F64)
-    return phi, phi.T @ phi, g
-
-
-
-def teacher_problem(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    y = 4 * torch.sign(torch.randn(n, generator=g, dtype=F64))
-    return x, student_kernel(x), y
-
-
-
 def test_transfer_risk_experiment_is_deterministic_and_bounded():
     kwargs = dict(n_values=[8, 16, 32], rhos=[0.5, 1.0], temperature=5.0, n_oracle=128, n_test=200)
     first = transfer_risk_experiment(torch.Generator().manual_seed(0), **kwargs)
@@ -104,7 +59,6 @@ def test_transfer_risk_experiment_is_deterministic_and_bounded():
         transfer_risk_experiment(torch.Generator(), **{**kwargs, "n_values": [8, 128]})
 
 
-
 def test_random_labels_have_the_spectral_asymptote():
     """On S² random labels give I ≈ d/(2(d−1)) = 0.75 (a coarse check of the whole pipeline)."""
     norms = []
@@ -114,7 +68,6 @@ def test_random_labels_have_the_spectral_asymptote():
         norms.append(NestedKernelRegression(student_kernel(x), torch.randn(400, generator=g, dtype=F64)).norms())
     value = float(data_inefficiency(torch.stack(norms), [128, 256]).mean())
     assert 0.6 < value < 0.95
-
 
 
 def test_transfer_risk_experiment_matches_direct_solves():
@@ -149,7 +102,6 @@ def test_transfer_risk_experiment_matches_direct_solves():
     torch.testing.assert_close(result.norms[-1], oracle.weight_change_norm, rtol=1e-9, atol=0)
 
 
-
 def test_target_difficulty_norms():
     first = target_difficulty_norms(torch.Generator().manual_seed(0), n_points=64, n_modes=(1, 16),
                                     flip_probabilities=(0.0, 0.5))
@@ -163,7 +115,6 @@ def test_target_difficulty_norms():
     x = sample_sphere(64, 3, g)
     smooth = GaussianMixtureOnSphere(3, 1, g)(x)
     torch.testing.assert_close(first["modes=1"], NestedKernelRegression(student_kernel(x), smooth).norms())
-
 
 
 def test_early_stopped_distillation_norms_match_direct_solves():
@@ -184,7 +135,6 @@ def test_early_stopped_distillation_norms_match_direct_solves():
             direct = NestedKernelRegression(kernel, effective_student_logits(z_t[:, i], labels, rho, 5.0)).norms()
             torch.testing.assert_close(result.norms[:, i, j], direct, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(result.teacher_norms, teacher.weight_change_norm(taus))
-
 
 
 def test_imperfect_teacher_experiment():
@@ -408,3 +358,80 @@ def test_inefficiency_table_stacks_repeats_per_target():
         inefficiency_table({"power": []}, [8])
     with pytest.raises(TypeError, match="mapping"):
         inefficiency_table([n], [8])
+
+
+def test_fitted_slope_validates_its_values():
+    n_values = [8, 16, 32, 64]
+    good = [0.5, 0.25, 0.125, 0.0625]
+    slope, _ = fitted_slope(n_values, good, 8)
+    assert math.isclose(slope, -1.0, rel_tol=1e-12)
+    assert fitted_slope(n_values, torch.tensor(good, dtype=F64), 8) == fitted_slope(n_values, good, 8)
+    assert fitted_slope(np.array(n_values), np.array(good, dtype=np.float32), 8) == fitted_slope(
+        n_values, [float(v) for v in np.array(good, dtype=np.float32)], 8)
+    assert fitted_slope(n_values, [0.5, math.nan, 0.125, 0.0625], 8)[0] == fitted_slope(
+        [8, 32, 64], [0.5, 0.125, 0.0625], 8)[0]  # NaN is left out, like 0
+    with pytest.raises(ValueError, match=r"values\[1\] must be a finite number >= 0 or NaN, got -0.25"):
+        fitted_slope(n_values, [0.5, -0.25, 0.125, 0.0625], 8)
+    with pytest.raises(ValueError, match=r"values\[3\] must be a finite number >= 0 or NaN"):
+        fitted_slope(n_values, [0.5, 0.25, 0.125, math.inf], 8)
+    with pytest.raises(TypeError, match="values must be a sequence.*got dict"):
+        fitted_slope(n_values, dict(zip(good, n_values)), 8)
+    with pytest.raises(TypeError, match="values must be a sequence.*got set"):
+        fitted_slope(n_values, set(good), 8)
+    with pytest.raises(TypeError, match="values must be a sequence.*got float"):
+        fitted_slope(n_values, 0.5, 8)
+    with pytest.raises(TypeError, match=r"values\[0\] must be a real number .*got bool"):
+        fitted_slope(n_values, [True, 0.25, 0.125, 0.0625], 8)
+    with pytest.raises(TypeError, match=r"values\[2\] must be a real number .*got str"):
+        fitted_slope(n_values, [0.5, 0.25, "0.1", 0.0625], 8)
+    with pytest.raises(ValueError, match="values must be 1-D"):
+        fitted_slope(n_values, np.ones((4, 1)), 8)
+    with pytest.raises(TypeError, match="n_values must be a sequence"):
+        fitted_slope(8, good, 8)
+    with pytest.raises(ValueError, match="n_values must not be empty"):
+        fitted_slope([], [], 8)
+
+
+def test_digits_experiment_names_a_sequence_argument_that_is_not_one():
+    for name, bad in [("mlp_snapshots", 0), ("teacher_epochs", 3), ("rhos", 0.5), ("mlp_rhos", 1.0),
+                      ("teacher_hidden", 4), ("student_hidden", 3)]:
+        with pytest.raises(TypeError, match=f"{name} must be a sequence"):
+            digits_experiment(digits_generator_for, **{**DIGITS_SMALL, name: bad})
+    with pytest.raises(ValueError, match="teacher_hidden must be >= 1"):
+        digits_experiment(digits_generator_for, **{**DIGITS_SMALL, "teacher_hidden": [0]})
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        digits_experiment(digits_generator_for, **{**DIGITS_SMALL, "progress": "no"})
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([(1, 0.5, 0.6, 0.8), (1, 0.5, 0.6, 0.7), (1, 1.0, 0.6, 0.6)], r"one row per \(epoch, rho\).*\(1, 0.5\)"),
+    ([(1, 0.5, 0.6, 0.8), (1, 1.0, 0.6, 0.6), (1, 2.0, 0.6, 0.9)], r"results' rho must be in \(0, 1\], got 2.0"),
+    ([(1, 0.0, 0.6, 0.8), (1, 1.0, 0.6, 0.6)], r"results' rho must be in \(0, 1\]"),
+    ([(1, 0.5, 0.6, 0.8), (1, 1.0, 0.7, 0.6)], r"epoch 1 has different teacher accuracies.*one teacher per epoch"),
+    ([(1, 0.1, 0.6, math.nan), (1, 0.5, 0.6, math.nan), (1, 1.0, 0.6, 0.6)],
+     "epoch 1 has no finite student accuracy at rho < 1"),
+])
+def test_best_rho_table_refuses_ambiguous_tables(rows, match):
+    with pytest.raises(ValueError, match=match):
+        best_rho_table(results_frame(rows))
+
+
+def test_best_rho_table_skips_a_nan_student_below_one():
+    table = best_rho_table(results_frame([(1, 0.1, 0.6, math.nan), (1, 0.5, 0.6, 0.7), (1, 1.0, 0.6, 0.6)]))
+    assert table.loc[1].tolist() == [0.6, 0.6, 0.5, 0.7]
+
+
+def test_poor_teacher_gain_is_the_smallest_gain_among_poor_teachers():
+    from kdnb.papers.wide_network_kd import poor_teacher_gain
+
+    table = pd.DataFrame({"teacher": [0.6, 0.8, 0.9], "student ρ = 1": [0.6, 0.79, 0.9],
+                          "its student": [0.75, 0.85, 0.91]})
+    assert poor_teacher_gain(table) == pytest.approx(0.06)  # 0.85 - 0.79; the 0.9 teacher is not poor
+    assert poor_teacher_gain(table, below=0.7) == pytest.approx(0.15)
+    assert math.isnan(poor_teacher_gain(table, below=0.5))
+    with pytest.raises(ValueError, match="missing"):
+        poor_teacher_gain(table.drop(columns="its student"))
+    with pytest.raises(ValueError, match=r"below must be in \(0, 1\]"):
+        poor_teacher_gain(table, below=0.0)
+    with pytest.raises(TypeError, match="table must be a pandas DataFrame"):
+        poor_teacher_gain(table.to_dict())

@@ -1,6 +1,5 @@
-"""kdnb.papers.wide_network_kd: effective logits against an independent root finder and finite differences, the nested student against
-direct solves and explicit feature vectors, Theorem 1's geometry, the data-inefficiency estimator, and the
-early-stopped teacher against the matrix exponential."""
+"""kdnb.papers.wide_network_kd.geometry: transfer risk, Theorem 1's geometry on random vectors, the accumulative angle
+distribution, boundary angles, and the data-inefficiency estimator on exact power laws."""
 
 import math
 
@@ -8,61 +7,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import brentq
 
-from kdnb.core.data import sample_sphere
 from kdnb.papers.wide_network_kd import (
     accumulative_angle_distribution,
     boundary_angles,
     data_inefficiency,
-    student_kernel,
     transfer_risk,
 )
 
 F64 = torch.float64
-
-
-
-def residual(z, z_t, y, rho, temperature, t2_scaling):
-    """g(z) with the plain formula (no stable rewriting), as an independent check."""
-    c_t = temperature**2 if t2_scaling else 1.0
-    return (rho * c_t / temperature * (torch.sigmoid(z / temperature) - torch.sigmoid(z_t / temperature))
-            + (1 - rho) * (torch.sigmoid(z) - y))
-
-
-
-def independent_root(z_t, y, rho, temperature, t2_scaling):
-    c_t = temperature**2 if t2_scaling else 1.0
-
-    def g(z):
-        return (rho * c_t / temperature * (1 / (1 + math.exp(-z / temperature)) - 1 / (1 + math.exp(-z_t / temperature)))
-                + (1 - rho) * (1 / (1 + math.exp(-z)) - y))
-
-    return brentq(g, -200, 200, xtol=1e-14, rtol=1e-15, maxiter=500)
-
-
-
-def problem(n=60, k=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    return x, student_kernel(x), torch.randn(n, k, generator=g, dtype=F64)
-
-
-
-def explicit_features(n, dim_features, seed):
-    """A finite feature map Φ (D x N) and its Gram matrix, for checks in weight space."""
-    g = torch.Generator().manual_seed(seed)
-    phi = torch.randn(dim_features, n, generator=g, dtype=F64)
-    return phi, phi.T @ phi, g
-
-
-
-def teacher_problem(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    y = 4 * torch.sign(torch.randn(n, generator=g, dtype=F64))
-    return x, student_kernel(x), y
-
 
 
 def test_transfer_risk():
@@ -72,7 +25,6 @@ def test_transfer_risk():
     assert transfer_risk(torch.stack([s, -s], 1), torch.stack([o, o], 1)).tolist() == [0.25, 0.75]
     with pytest.raises(ValueError, match="same shape"):
         transfer_risk(s, o[:3])
-
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,7 +45,6 @@ def test_theorem_one_holds_for_any_vectors(seed, dim_features, n):
     assert float(risk) <= float(accumulative_angle_distribution(distance, angle)) + 1e-12
 
 
-
 def test_accumulative_angle_distribution_shapes_and_monotonicity():
     angles = torch.rand(500, 3, generator=torch.Generator().manual_seed(0), dtype=F64) * math.pi / 2
     beta = torch.linspace(0, math.pi / 2, 20, dtype=F64)
@@ -106,11 +57,9 @@ def test_accumulative_angle_distribution_shapes_and_monotonicity():
     assert accumulative_angle_distribution(angles[:, 0], 0.5).shape == ()
 
 
-
 def test_boundary_angles_refuse_inconsistent_norms():
     with pytest.raises(ValueError, match="not those of a weight vector"):
         boundary_angles(torch.tensor([3.0], dtype=F64), torch.ones(1, dtype=F64), 1.0)
-
 
 
 @settings(max_examples=15, deadline=None)
@@ -125,7 +74,6 @@ def test_data_inefficiency_recovers_a_power_law(slope, seed):
     exact = 2.5 * n[None, :] ** slope
     assert float(data_inefficiency(exact, 100, window=None)) == pytest.approx(100 * slope * math.log(101 / 100),
                                                                               rel=1e-9)
-
 
 
 def test_data_inefficiency_shapes_and_errors():

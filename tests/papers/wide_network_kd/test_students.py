@@ -1,12 +1,10 @@
-"""kdnb.papers.wide_network_kd: effective logits against an independent root finder and finite differences, the nested student against
-direct solves and explicit feature vectors, Theorem 1's geometry, the data-inefficiency estimator, and the
-early-stopped teacher against the matrix exponential."""
+"""kdnb.papers.wide_network_kd.students: the student kernel against its closed form, the initial function's covariance,
+kernel students against kernel regression, and the hard-label effect against weight space and finite differences."""
 
 import math
 
 import pytest
 import torch
-from scipy.optimize import brentq
 
 from kdnb.core.data import sample_sphere
 from kdnb.kernels.regression import (
@@ -32,51 +30,9 @@ from kdnb.papers.wide_network_kd import (
     target_difficulty_norms,
     transfer_risk_experiment,
 )
+from tests.helpers import problem, teacher_problem
 
 F64 = torch.float64
-
-
-
-def residual(z, z_t, y, rho, temperature, t2_scaling):
-    """g(z) with the plain formula (no stable rewriting), as an independent check."""
-    c_t = temperature**2 if t2_scaling else 1.0
-    return (rho * c_t / temperature * (torch.sigmoid(z / temperature) - torch.sigmoid(z_t / temperature))
-            + (1 - rho) * (torch.sigmoid(z) - y))
-
-
-
-def independent_root(z_t, y, rho, temperature, t2_scaling):
-    c_t = temperature**2 if t2_scaling else 1.0
-
-    def g(z):
-        return (rho * c_t / temperature * (1 / (1 + math.exp(-z / temperature)) - 1 / (1 + math.exp(-z_t / temperature)))
-                + (1 - rho) * (1 / (1 + math.exp(-z)) - y))
-
-    return brentq(g, -200, 200, xtol=1e-14, rtol=1e-15, maxiter=500)
-
-
-
-def problem(n=60, k=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    return x, student_kernel(x), torch.randn(n, k, generator=g, dtype=F64)
-
-
-
-def explicit_features(n, dim_features, seed):
-    """A finite feature map Φ (D x N) and its Gram matrix, for checks in weight space."""
-    g = torch.Generator().manual_seed(seed)
-    phi = torch.randn(dim_features, n, generator=g, dtype=F64)
-    return phi, phi.T @ phi, g
-
-
-
-def teacher_problem(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = sample_sphere(n, 3, g)
-    y = 4 * torch.sign(torch.randn(n, generator=g, dtype=F64))
-    return x, student_kernel(x), y
-
 
 
 def test_student_kernel_is_the_augmented_input_formula():
@@ -91,14 +47,12 @@ def test_student_kernel_is_the_augmented_input_formula():
     torch.testing.assert_close(kernel_diagonal(x, block=7), torch.ones(20, dtype=F64), rtol=1e-12, atol=1e-12)
 
 
-
 def test_every_architecture_gives_a_positive_definite_kernel():
     x = sample_sphere(30, 3, torch.Generator().manual_seed(1))
     for name in ARCHITECTURES:
         assert float(torch.linalg.eigvalsh(student_kernel(x, architecture=name)).min()) > 0
     with pytest.raises(ValueError, match="architecture"):
         student_kernel(x, architecture="resnet")
-
 
 
 def test_initial_function_has_the_nngp_covariance():
@@ -111,7 +65,6 @@ def test_initial_function_has_the_nngp_covariance():
     assert sample_initial_function(x, torch.Generator().manual_seed(3)).shape == (4,)
 
 
-
 def test_architecture_diagonals():
     """Θ(x, x) on the unit sphere: 1 for the x̃ kernel; 2(L + 1) for bias-free He networks with L hidden layers (each
     layer keeps the pre-activation variance at 2 and adds it to the kernel: Θ_1 = 2, Θ_{l+1} = 2 + Θ_l)."""
@@ -119,7 +72,6 @@ def test_architecture_diagonals():
     for name, value in [("two_layer_bias", 1.0), ("two_layer", 4.0), ("three_layer", 6.0)]:
         torch.testing.assert_close(kernel_diagonal(x, architecture=name), torch.full((5,), value, dtype=F64),
                                    rtol=1e-12, atol=1e-12)
-
 
 
 def test_bad_inputs_of_the_helpers():
@@ -154,7 +106,6 @@ def test_bad_inputs_of_the_helpers():
         early_stopped_distillation_norms(g, n_points=16, taus=3.0, rhos=[1.0], temperature=5.0)
 
 
-
 def test_kernel_students_are_kernel_regression_on_effective_logits():
     x, kernel, _ = problem(n=40)
     x_test = sample_sphere(12, 3, torch.Generator().manual_seed(3))
@@ -169,7 +120,6 @@ def test_kernel_students_are_kernel_regression_on_effective_logits():
         kernel_students(kernel, kernel_test[:, :5], z_t, y, 0.5, 5.0)
     with pytest.raises(ValueError, match=r"teacher_logits must be a tensor of shape \(N,\)"):
         kernel_students(kernel, kernel_test, z_t[:, None], y[:, None], 0.5, 5.0)
-
 
 
 @pytest.mark.parametrize("t2", [False, True])
@@ -197,7 +147,6 @@ def test_hard_label_effect_matches_weight_space(t2):
         assert float(effect.inner_product[j]) == pytest.approx(float(hard @ orthogonal), rel=1e-6, abs=1e-9)
         cosine = student @ oracle / (student.norm() * oracle.norm())
         assert float(effect.cosine[j]) == pytest.approx(float(cosine), rel=1e-6)  # K is ill-conditioned: ~1e-8
-
 
 
 def test_hard_label_effect_is_the_derivative_of_the_cosine():
