@@ -16,6 +16,23 @@ one logit per example and the sigmoid in place of the softmax.
 The KL divergence equals the cross-entropy :math:`H(p_T(z_t), p_T(z_s))` minus the teacher's entropy, which does not
 depend on the student, so both give the same gradients; KL is reported because it is zero when the student matches.
 Everything is computed from log-softmax / softplus, so logits of size 1e4 and temperatures from 0.1 to 100 stay finite.
+
+Numerics shared by every function here:
+
+* **Extreme finite logits.** Any finite logit is accepted, up to ``torch.finfo(dtype).min`` and ``.max`` (the value
+  used to mask a class). Where :math:`z/T` would overflow to :math:`\pm\infty` (:math:`|z|` near the dtype's largest
+  value and T < 1), the logits of that example are first shifted by their maximum, which leaves the softmax unchanged.
+  A class to which the teacher gives probability exactly 0 contributes 0 to the KL (the limit
+  :math:`p \log p \to 0`), also where the student's probability is 0 too; so no 0 * inf turns into NaN. The KL is
+  :math:`+\infty` only where the teacher gives positive probability to a class whose student probability is exactly
+  0 in floating point (the cross-entropy likewise, for the labelled class), which is its true value; the gradients
+  stay finite even then, and a term whose weight is 0 (``rho = 0`` or ``rho = 1``) contributes exactly 0.
+* **16-bit logits.** ``torch.float16`` and ``torch.bfloat16`` logits are computed in float32 (they are cast, and the
+  cast is differentiable, so gradients flow back to 16-bit student logits). Rounding log-probabilities to 8 or 11
+  bits before subtracting them would make a KL between close distributions negative or wrong by orders of magnitude.
+  The losses are returned in float32 for 16-bit logits (what mixed-precision training expects of a loss); the
+  probabilities of :func:`soften` and the closed-form gradients are returned in the logits' own dtype. float32 and
+  float64 logits are computed in their own dtype, by the same operations as for ordinary inputs.
 """
 
 from __future__ import annotations
@@ -35,6 +52,42 @@ __all__ = [
 
 REDUCTIONS = ("mean", "sum", "none")
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype the losses compute in: float32 for 16-bit tensors (a differentiable cast), else ``x`` itself."""
+    return x.float() if x.dtype in _HALF_DTYPES else x
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` along the last axis, shifted by each row's maximum in the rows where it overflows.
+
+    The softmax is unchanged by the shift; rows where ``logits / temperature`` is finite get exactly that value. In
+    a shifted row every entry is <= 0 (the row's maximum is 0), at worst -inf, so the softmax has no NaN.
+    """
+    scaled = logits / temperature
+    finite = torch.isfinite(scaled)
+    if bool(finite.all()):
+        return scaled
+    shifted = (logits - logits.amax(dim=-1, keepdim=True).detach()) / temperature
+    return torch.where(finite.all(dim=-1, keepdim=True), scaled, shifted)
+
+
+def _where_positive(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``p > 0``, else 0: ``p * _where_positive(p, x)`` is ``p * x`` with 0 * inf (and its gradient) 0."""
+    return torch.where(p > 0, x, torch.zeros_like(x))
+
+
+def _weighted(weight: float, term: torch.Tensor) -> torch.Tensor:
+    """``weight * term``, and exactly 0 when ``weight`` is 0 (so an infinite term of weight 0 is not NaN).
+
+    The product is taken in ``term``'s dtype, so a weight that rounds to 0 there (``rho = 1e-300`` with float32) counts
+    as 0 too.
+    """
+    zero = weight == 0 or torch.tensor(weight, dtype=term.dtype).item() == 0
+    return torch.zeros_like(term) if zero else weight * term
+
 
 def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     r"""Return the softened class probabilities :math:`\mathrm{softmax}(z/T)` along the last axis.
@@ -42,14 +95,18 @@ def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     Parameters
     ----------
     logits : torch.Tensor
-        Shape (..., C): floating point, finite entries; classes along the last axis.
+        Shape (..., C): float16, bfloat16, float32 or float64, finite entries (any finite value, the dtype's
+        ``torch.finfo`` min and max included); classes along the last axis. 16-bit logits are computed in float32.
     temperature : float
         T > 0 (finite); T = 1 is the ordinary softmax, larger T gives softer probabilities [1]_.
 
     Returns
     -------
     torch.Tensor
-        Same shape, dtype and device as ``logits``; each row along the last axis sums to 1.
+        Same shape, dtype and device as ``logits`` (16-bit results are rounded from float32); each row along the last
+        axis sums to 1 up to the rounding of that dtype. A class whose :math:`z/T` is far below the row's maximum gets
+        probability exactly 0; rows where :math:`z/T` overflows are shifted by their maximum first, so no entry is
+        NaN.
 
     Raises
     ------
@@ -65,7 +122,7 @@ def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """
     temperature = check_temperature(temperature)
     check_finite_tensor(logits, "logits")
-    return torch.softmax(logits / temperature, dim=-1)
+    return torch.softmax(_scaled(_working(logits), temperature), dim=-1).to(logits.dtype)
 
 
 def _check_common(student_logits, teacher_logits, rho, temperature, reduction):
@@ -109,12 +166,12 @@ def _reduce(soft: torch.Tensor, hard: torch.Tensor, rho: float, c_t: float, labe
     if labelled is not None:
         hard = torch.where(labelled, hard, torch.zeros_like(hard))
     if reduction == "none":
-        return rho * c_t * soft + (1.0 - rho) * hard
+        return _weighted(rho * c_t, soft) + _weighted(1.0 - rho, hard)
     if reduction == "sum":
-        return rho * c_t * soft.sum() + (1.0 - rho) * hard.sum()
+        return _weighted(rho * c_t, soft.sum()) + _weighted(1.0 - rho, hard.sum())
     n_hard = hard.numel() if labelled is None else int(labelled.sum())
     hard_mean = hard.sum() / n_hard if n_hard > 0 else hard.sum() * 0.0
-    return rho * c_t * soft.mean() + (1.0 - rho) * hard_mean
+    return _weighted(rho * c_t, soft.mean()) + _weighted(1.0 - rho, hard_mean)
 
 
 def kd_loss(
@@ -136,7 +193,9 @@ def kd_loss(
     Parameters
     ----------
     student_logits, teacher_logits : torch.Tensor
-        Shape (N, C) with C >= 2: floating point, finite, of the same shape, dtype and device.
+        Shape (N, C) with C >= 2: float16, bfloat16, float32 or float64, finite (any finite value, the dtype's
+        ``torch.finfo`` min and max included, e.g. as a class mask), of the same shape, dtype and device. 16-bit
+        logits are computed in float32 (see the module docstring).
     labels : torch.Tensor or None, default None
         Shape (N,): integer class indices (int64, int32, int16 or uint8) in [0, C); required unless ``rho == 1``
         (ignored then). Entries where ``labelled`` is False may hold any placeholder.
@@ -157,8 +216,10 @@ def kd_loss(
     Returns
     -------
     torch.Tensor
-        The loss: a 0-D tensor for ``"mean"`` and ``"sum"``, shape (N,) for ``"none"``; same dtype and device as the
-        logits.
+        The loss: a 0-D tensor for ``"mean"`` and ``"sum"``, shape (N,) for ``"none"``, on the logits' device; in the
+        logits' dtype for float32 and float64, in float32 for float16 and bfloat16 logits (differentiable with respect
+        to the 16-bit student logits). Never NaN for finite logits; :math:`+\infty` only where the teacher (or, in the
+        hard term, the label) gives positive probability to an outcome whose student probability is exactly 0.
 
     Raises
     ------
@@ -182,13 +243,16 @@ def kd_loss(
     n, n_classes = student_logits.shape
     labelled = _check_labelled(labelled, n, student_logits.device)
 
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    soft = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+    z_s, z_t = _working(student_logits), _working(teacher_logits)
+    log_p_teacher = F.log_softmax(_scaled(z_t, temperature), dim=1)
+    log_p_student = F.log_softmax(_scaled(z_s, temperature), dim=1)
+    p_teacher = log_p_teacher.exp()
+    # A class the teacher gives probability 0 contributes 0, even where log_p_teacher - log_p_student is -inf - -inf.
+    soft = (p_teacher * _where_positive(p_teacher, log_p_teacher - log_p_student)).sum(dim=1)
 
     if rho < 1.0:
         labels = _check_class_labels(labels, n, n_classes, labelled)
-        hard = F.cross_entropy(student_logits, labels.to(student_logits.device), reduction="none")
+        hard = F.cross_entropy(z_s, labels.to(z_s.device), reduction="none")
     else:
         hard = torch.zeros_like(soft)
     c_t = temperature**2 if t2_scaling else 1.0
@@ -233,7 +297,9 @@ def kd_loss_gradient(
     Parameters
     ----------
     student_logits, teacher_logits : torch.Tensor
-        Shape (N, C) with C >= 2: floating point, finite, of the same shape, dtype and device.
+        Shape (N, C) with C >= 2: float16, bfloat16, float32 or float64, finite (any finite value, the dtype's
+        ``torch.finfo`` min and max included, e.g. as a class mask), of the same shape, dtype and device. 16-bit
+        logits are computed in float32 (see the module docstring).
     labels : torch.Tensor or None, default None
         Shape (N,): integer class indices (int64, int32, int16 or uint8) in [0, C); required unless ``rho == 1``
         (ignored then).
@@ -247,7 +313,8 @@ def kd_loss_gradient(
     Returns
     -------
     torch.Tensor
-        Shape (N, C), same dtype and device as the logits: row i is the gradient of example i's loss.
+        Shape (N, C), same dtype and device as the logits (computed in float32 for 16-bit logits, then rounded):
+        row i is the gradient of example i's loss. Finite for every finite input.
 
     Raises
     ------
@@ -268,14 +335,15 @@ def kd_loss_gradient(
     if student_logits.ndim != 2 or student_logits.shape[1] < 2:
         raise ValueError(f"student_logits must have shape (N, C) with C >= 2, got {tuple(student_logits.shape)}")
     c_t = temperature**2 if t2_scaling else 1.0
-    soft = torch.softmax(student_logits / temperature, 1) - torch.softmax(teacher_logits / temperature, 1)
+    z_s, z_t = _working(student_logits), _working(teacher_logits)
+    soft = torch.softmax(_scaled(z_s, temperature), 1) - torch.softmax(_scaled(z_t, temperature), 1)
     grad = rho * c_t / temperature * soft
     if rho < 1.0:
         n, n_classes = student_logits.shape
         labels = _check_class_labels(labels, n, n_classes, None)
-        one_hot = F.one_hot(labels, n_classes).to(student_logits.dtype)
-        grad = grad + (1.0 - rho) * (torch.softmax(student_logits, 1) - one_hot)
-    return grad
+        one_hot = F.one_hot(labels, n_classes).to(z_s.dtype)
+        grad = grad + (1.0 - rho) * (torch.softmax(z_s, 1) - one_hot)
+    return grad.to(student_logits.dtype)
 
 
 def _check_binary(student_logits, labels, rho):
@@ -289,7 +357,7 @@ def _check_binary(student_logits, labels, rho):
             raise ValueError(f"labels must have shape {tuple(student_logits.shape)}, got {tuple(labels.shape)}")
         if bool(((labels < 0) | (labels > 1)).any()):
             raise ValueError("binary labels must lie in [0, 1] (probabilities of the positive class)")
-        return labels.to(student_logits.dtype)
+        return labels.to(_working(student_logits).dtype)
     return None
 
 
@@ -315,10 +383,13 @@ def binary_kd_loss(
     Parameters
     ----------
     student_logits, teacher_logits : torch.Tensor
-        Shape (N,), one logit per example: floating point, finite, of the same shape, dtype and device.
+        Shape (N,), one logit per example: float16, bfloat16, float32 or float64, finite (any finite value, the
+        dtype's ``torch.finfo`` min and max included), of the same shape, dtype and device. 16-bit logits are
+        computed in float32 (see the module docstring).
     labels : torch.Tensor or None, default None
         Shape (N,): floating-point, finite probabilities of the positive class in [0, 1] (every entry, also those
-        masked out by ``labelled``); required unless ``rho == 1`` (ignored then). Cast to the logits' dtype.
+        masked out by ``labelled``); required unless ``rho == 1`` (ignored then). Cast to the logits' dtype (float32
+        for 16-bit logits).
     rho : float
         Soft ratio in [0, 1] (1 = pure distillation, 0 = labels only); keyword-only.
     temperature : float
@@ -335,8 +406,10 @@ def binary_kd_loss(
     Returns
     -------
     torch.Tensor
-        The loss: a 0-D tensor for ``"mean"`` and ``"sum"``, shape (N,) for ``"none"``; same dtype and device as the
-        logits.
+        The loss: a 0-D tensor for ``"mean"`` and ``"sum"``, shape (N,) for ``"none"``, on the logits' device; in the
+        logits' dtype for float32 and float64, in float32 for float16 and bfloat16 logits (differentiable with respect
+        to the 16-bit student logits). Never NaN for finite logits; :math:`+\infty` only where the teacher (or, in the
+        hard term, the label) gives positive probability to an outcome whose student probability is exactly 0.
 
     Raises
     ------
@@ -361,12 +434,16 @@ def binary_kd_loss(
     labels = _check_binary(student_logits, labels, rho)
     labelled = _check_labelled(labelled, student_logits.shape[0], student_logits.device)
 
-    a_t, a_s = teacher_logits / temperature, student_logits / temperature
+    z_s, z_t = _working(student_logits), _working(teacher_logits)
+    a_t, a_s = z_t / temperature, z_s / temperature
     p_t = torch.sigmoid(a_t)
-    # log p - log q for both outcomes, via softplus (log σ(a) = -softplus(-a), log(1-σ(a)) = -softplus(a)).
-    soft = p_t * (F.softplus(-a_s) - F.softplus(-a_t)) + (1 - p_t) * (F.softplus(a_s) - F.softplus(a_t))
+    q_t = 1 - p_t
+    # log p - log q for both outcomes, via softplus (log σ(a) = -softplus(-a), log(1-σ(a)) = -softplus(a)). An outcome
+    # of teacher probability 0 (a_t = ∓inf once z_t / T overflows) contributes 0 instead of 0 * (inf - inf).
+    soft = (p_t * _where_positive(p_t, F.softplus(-a_s) - F.softplus(-a_t))
+            + q_t * _where_positive(q_t, F.softplus(a_s) - F.softplus(a_t)))
     if labels is not None:
-        hard = F.binary_cross_entropy_with_logits(student_logits, labels, reduction="none")
+        hard = F.binary_cross_entropy_with_logits(z_s, labels, reduction="none")
     else:
         hard = torch.zeros_like(soft)
     c_t = temperature**2 if t2_scaling else 1.0
@@ -393,10 +470,12 @@ def binary_kd_loss_gradient(
     Parameters
     ----------
     student_logits, teacher_logits : torch.Tensor
-        Shape (N,), one logit per example: floating point, finite, of the same shape, dtype and device.
+        Shape (N,), one logit per example: float16, bfloat16, float32 or float64, finite (any finite value, the
+        dtype's ``torch.finfo`` min and max included), of the same shape, dtype and device. 16-bit logits are
+        computed in float32 (see the module docstring).
     labels : torch.Tensor or None, default None
         Shape (N,): floating-point, finite probabilities of the positive class in [0, 1]; required unless ``rho == 1``
-        (ignored then). Cast to the logits' dtype.
+        (ignored then). Cast to the logits' dtype (float32 for 16-bit logits).
     rho : float
         Soft ratio in [0, 1] (1 = pure distillation, 0 = labels only); keyword-only.
     temperature : float
@@ -407,7 +486,8 @@ def binary_kd_loss_gradient(
     Returns
     -------
     torch.Tensor
-        Shape (N,), same dtype and device as the logits: entry i is the derivative of example i's loss.
+        Shape (N,), same dtype and device as the logits (computed in float32 for 16-bit logits, then rounded):
+        entry i is the derivative of example i's loss. Finite for every finite input.
 
     Raises
     ------
@@ -429,7 +509,8 @@ def binary_kd_loss_gradient(
     rho, temperature = _check_common(student_logits, teacher_logits, rho, temperature, "none")
     labels = _check_binary(student_logits, labels, rho)
     c_t = temperature**2 if t2_scaling else 1.0
-    grad = rho * c_t / temperature * (torch.sigmoid(student_logits / temperature) - torch.sigmoid(teacher_logits / temperature))
+    z_s, z_t = _working(student_logits), _working(teacher_logits)
+    grad = rho * c_t / temperature * (torch.sigmoid(z_s / temperature) - torch.sigmoid(z_t / temperature))
     if labels is not None:
-        grad = grad + (1.0 - rho) * (torch.sigmoid(student_logits) - labels)
-    return grad
+        grad = grad + (1.0 - rho) * (torch.sigmoid(z_s) - labels)
+    return grad.to(student_logits.dtype)

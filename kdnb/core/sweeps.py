@@ -10,8 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from .progress import progress_bar
 from .runtime import float64_device
 from .validation import check_positive_int
 
@@ -24,7 +24,7 @@ def sweep(
     repeats: int = 1,
     *,
     desc: str = "sweep",
-    progress: bool = True,
+    progress: bool | None = None,
 ):
     """Call ``function(**setting, repeat=r)`` for every point of the grid and every repeat ``r``.
 
@@ -43,8 +43,10 @@ def sweep(
         The number of repeats per point, >= 1; ``r`` runs over 0, ..., ``repeats`` - 1.
     desc : str, default "sweep"
         The label of the progress bar; keyword-only.
-    progress : bool, default True
-        Show a tqdm progress bar (removed when the sweep ends); keyword-only.
+    progress : bool or None, default None
+        Show a tqdm progress bar (removed when the sweep ends): ``True`` always, ``False`` never, ``None`` only where
+        someone watches (in a Jupyter kernel or when standard error is a terminal; see
+        :func:`kdnb.core.progress.progress_bar`); keyword-only.
 
     Returns
     -------
@@ -55,7 +57,8 @@ def sweep(
     Raises
     ------
     TypeError
-        If ``function`` is not callable or returns something that is not a mapping, or ``repeats`` is not an int.
+        If ``function`` is not callable or returns something that is not a mapping, ``repeats`` is not an int, or
+        ``progress`` is neither None nor a bool.
     ValueError
         If ``grid`` is not a non-empty mapping, one of its values is not a non-empty sequence, it has a ``"repeat"``
         axis, or ``repeats`` < 1.
@@ -76,7 +79,7 @@ def sweep(
     keys = list(grid)
     points = list(itertools.product(*(grid[k] for k in keys)))
     rows = []
-    with tqdm(total=len(points) * repeats, desc=desc, disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(points) * repeats, desc=desc, enabled=progress, name="progress") as bar:
         for values in points:
             setting = dict(zip(keys, values))
             for r in range(repeats):

@@ -16,9 +16,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
-
 from .losses import binary_kd_loss, kd_loss
+from .progress import progress_bar
 from .validation import (
     check_bool,
     check_choice,
@@ -157,7 +156,7 @@ def fit(
     weight_decay: float = 0.0,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     eval_every: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "fit",
     momentum: float = 0.0,
     nesterov: bool = False,
@@ -204,8 +203,9 @@ def fit(
         without gradients; the values are recorded in ``History.metrics``.
     eval_every : int, default 1
         Evaluation period in epochs, >= 1.
-    progress : bool, default True
-        Show a tqdm bar over epochs.
+    progress : bool or None, default None
+        Show a tqdm bar over epochs (``True``), never (``False``), or only where someone watches (``None``: in a
+        Jupyter kernel or when standard error is a terminal; see :func:`kdnb.core.progress.progress_bar`).
     desc : str, default "fit"
         Label of the progress bar.
     momentum : float, default 0.0
@@ -240,7 +240,7 @@ def fit(
     ------
     TypeError
         If ``model``, ``objective``, ``inputs``, ``targets``, ``generator``, ``batch_size``, ``callback``,
-        ``nesterov`` or ``params`` has the wrong type.
+        ``nesterov``, ``params`` or ``progress`` (None or a bool) has the wrong type.
     ValueError
         If ``inputs`` holds no example, a number is out of its range, a choice is unknown, momentum is combined with
         Adam, a target's length is not N, a parameter group is malformed, or ``objective`` does not return a scalar.
@@ -294,7 +294,7 @@ def fit(
     base_lrs = [group["lr"] for group in opt.param_groups]
     step = 0
     history = History()
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, epochs + 1), desc=desc, enabled=progress, name="progress")
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=generator).to(inputs.device) if batch_size < n else None
@@ -325,7 +325,7 @@ def fit(
                 for name, value in evaluate(model).items():
                     history.metrics.setdefault(name, []).append(float(value))
             history.epochs.append(epoch)
-        if progress:
+        if not bar.disable:
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
     model.eval()
     return history
@@ -472,7 +472,7 @@ def train_classifier(
     lr: float = 1e-3,
     batch_size: int | None = None,
     weight_decay: float = 0.0,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "teacher",
 ) -> History:
     """Train ``model`` on hard labels with cross-entropy and Adam (a teacher, or a student "from scratch").
@@ -497,8 +497,8 @@ def train_classifier(
         Mini-batch size; ``None`` for full batch.
     weight_decay : float, default 0.0
         L2 penalty, >= 0.
-    progress : bool, default True
-        Show a progress bar.
+    progress : bool or None, default None
+        Show a progress bar: forced on or off, or (``None``) only where someone watches, as in :func:`fit`.
     desc : str, default "teacher"
         Label of the progress bar.
 

@@ -20,10 +20,16 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
-from tqdm import tqdm
 
 from ..core.models import MLP, AntisymmetricPair, NTKLinear, NTKMLP
-from ..core.validation import check_choice, check_positive_int
+from ..core.progress import progress_bar
+from ..core.validation import (
+    check_bool,
+    check_buffers_unchanged,
+    check_choice,
+    check_eval_mode,
+    check_positive_int,
+)
 
 __all__ = ["METHODS", "OUTPUT_MODES", "dense_ntk_flops", "empirical_ntk", "ntk_features",
            "structured_ntk_supported"]
@@ -47,7 +53,8 @@ def empirical_ntk(
 
     :math:`\Theta(x, x') = \nabla_w f(x)^\top \nabla_w f(x')`, the gradient taken with respect to every parameter
     with ``requires_grad=True``. Inputs are the rows (first axis) of ``x1`` and ``x2``. The model is evaluated as it
-    is, example by example: put models with dropout or batch normalisation in eval mode.
+    is, example by example, and is left untouched (parameters, buffers, train/eval flags): a model with dropout or
+    batch normalisation in train mode is refused (call ``model.eval()``), as is one whose forward changes a buffer.
 
     Parameters
     ----------
@@ -69,7 +76,9 @@ def empirical_ntk(
         chosen so that one block's intermediate results stay under 512 MiB. With several blocks, the column blocks'
         Jacobians (or activations) are recomputed for each row block: time is traded for bounded memory.
     progress : bool or None, default None
-        Show a bar over blocks; ``None``: when there are more than eight.
+        Show a bar over blocks (``True``), never (``False``), or (``None``) when there are more than eight blocks and
+        someone watches: in a Jupyter kernel or when standard error is a terminal, not in a script whose output goes
+        to a file or a log (:func:`kdnb.core.progress.progress_bar`).
 
     Returns
     -------
@@ -84,11 +93,14 @@ def empirical_ntk(
     ------
     TypeError
         If ``model`` is not a ``torch.nn.Module``, an input is not a tensor, or an input's dtype differs from the
-        parameters'; if ``chunk_size`` is not an int.
+        parameters'; if ``chunk_size`` is not an int; if ``progress`` is neither None nor a bool.
     ValueError
         If ``method`` or ``outputs`` is not one of the allowed values; if the model has no trainable parameter or
-        does not return a tensor with the batch axis first; if an input has no example, contains NaN or inf, or is on
-        another device than the model; if ``x1`` and ``x2`` have different feature shapes; if
+        does not return a tensor with the batch axis first; if a layer whose output depends on the train mode
+        (dropout, batch normalisation, see :func:`kdnb.core.validation.check_eval_mode`) is in train mode, before any
+        forward pass; if the model's forward changed one of its buffers (they are restored first, see
+        :func:`kdnb.core.validation.check_buffers_unchanged`); if an input has no example, contains NaN or inf, or is
+        on another device than the model; if ``x1`` and ``x2`` have different feature shapes; if
         ``method="structured"`` is asked for a model without the closed form; if ``chunk_size`` < 1.
 
     See Also
@@ -125,6 +137,8 @@ def empirical_ntk(
     """
     check_choice(method, "method", METHODS)
     check_choice(outputs, "outputs", OUTPUT_MODES)
+    if progress is not None:
+        check_bool(progress, "progress")
     params, single, batch = _functional_model(model)
     reference = next(iter(params.values()))
     symmetric = x2 is None
@@ -134,6 +148,18 @@ def empirical_ntk(
         raise ValueError(f"x1 and x2 must have the same feature shape, got {tuple(x1.shape[1:])} and "
                          f"{tuple(x2.shape[1:])}")
 
+    with check_buffers_unchanged(model, caller="empirical_ntk"):
+        kernel, n_outputs = _kernel_blocks(model, x1, x2, symmetric, params, single, batch, reference, method,
+                                           chunk_size, progress)
+    if n_outputs == 1:
+        return kernel[:, :, 0, 0].contiguous()
+    if outputs == "trace":
+        return kernel.diagonal(dim1=2, dim2=3).sum(-1)
+    return kernel
+
+
+def _kernel_blocks(model, x1, x2, symmetric, params, single, batch, reference, method, chunk_size, progress):
+    """The (N1, N2, O, O) kernel by ``method`` (resolved here from "auto"), and O: the body of empirical_ntk."""
     with torch.no_grad():
         probe = _per_example_outputs(model(x1[:1]), 1)
     n_outputs = probe.shape[1]
@@ -174,11 +200,7 @@ def empirical_ntk(
         chunk_size = max(1, min(max(x1.shape[0], x2.shape[0]), int(c)))
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     kernel = _blocked_kernel(x1, x2, symmetric, chunk_size, features, contract, n_outputs, reference, progress)
-    if n_outputs == 1:
-        return kernel[:, :, 0, 0].contiguous()
-    if outputs == "trace":
-        return kernel.diagonal(dim1=2, dim2=3).sum(-1)
-    return kernel
+    return kernel, n_outputs
 
 
 def structured_ntk_supported(model: nn.Module) -> bool:
@@ -209,7 +231,8 @@ def ntk_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ----------
     model : torch.nn.Module
         The network f at its current weights w; the gradient is taken with respect to every parameter with
-        ``requires_grad=True`` (at least one).
+        ``requires_grad=True`` (at least one). Left untouched; layers whose output depends on the train mode must be
+        in eval mode, as for :func:`empirical_ntk`.
     x : torch.Tensor
         Inputs, shape (N, ...) with N >= 1, finite, in the dtype and on the device of the model's parameters.
 
@@ -224,8 +247,9 @@ def ntk_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     TypeError
         If ``model`` is not a module, ``x`` is not a tensor, or its dtype differs from the parameters'.
     ValueError
-        If the model has no trainable parameter, ``x`` is empty, not finite or on another device, or the model's
-        output has no batch axis.
+        If the model has no trainable parameter, has dropout or batch normalisation in train mode
+        (:func:`kdnb.core.validation.check_eval_mode`), or its forward changed one of its buffers (restored first);
+        if ``x`` is empty, not finite or on another device, or the model's output has no batch axis.
 
     References
     ----------
@@ -233,15 +257,20 @@ def ntk_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     params, single, _ = _functional_model(model)
     x = _check_ntk_inputs(x, "x", next(iter(params.values())))
-    features = _jacobian_features(single, params, x)
+    with check_buffers_unchanged(model, caller="ntk_features"):
+        with torch.no_grad():  # a plain forward pass first: it checks the batch axis and shows a buffer update
+            _per_example_outputs(model(x[:1]), 1)
+        features = _jacobian_features(single, params, x)
     return features[:, 0] if features.shape[1] == 1 else features
 
 
 def _functional_model(model: nn.Module):
     """The trainable parameters (detached), and the model as pure functions of them: of one example (outputs
-    flattened to (O,)) and of a batch (outputs (n, O)). Frozen parameters and buffers are held fixed."""
+    flattened to (O,)) and of a batch (outputs (n, O)). Frozen parameters and buffers are held fixed. Models with
+    train-mode layers are refused here, before any forward pass."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_eval_mode(model)
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("model has no parameter with requires_grad=True: its NTK and features are zero")
@@ -304,8 +333,8 @@ def _blocked_kernel(x1, x2, symmetric, chunk, features, contract, n_outputs, ref
     cols = rows if symmetric else [slice(j, min(j + chunk, n2)) for j in range(0, n2, chunk)]
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
     kernel = torch.empty(n1, n2, n_outputs, n_outputs, dtype=reference.dtype, device=reference.device)
-    show = len(pairs) > 8 if progress is None else bool(progress)
-    bar = tqdm(total=len(pairs), desc="empirical NTK blocks", disable=not show, leave=False)
+    enabled = (None if len(pairs) > 8 else False) if progress is None else progress
+    bar = progress_bar(total=len(pairs), desc="empirical NTK blocks", enabled=enabled, name="progress")
     for i, r in enumerate(rows):
         f1 = features(x1[r])
         for j, c in enumerate(cols):

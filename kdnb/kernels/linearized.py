@@ -8,17 +8,26 @@ comparison (Lee et al. 2019). Function-space quantities are float64.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
-from tqdm import tqdm
 
+from ..core.progress import progress_bar
 from ..core.runtime import float64_device
 from ..core.training import fit, predict_logits
-from ..core.validation import check_gram, check_kernel_targets, check_positive, check_positive_int
+from ..core.validation import (
+    check_buffers_unchanged,
+    check_eval_mode,
+    check_gram,
+    check_kernel_targets,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = ["FunctionSpaceTrajectory", "LinearizedModel", "function_space_gd", "gradient_descent_path"]
 
@@ -31,20 +40,29 @@ class LinearizedModel(nn.Module):
     A module like any other: its parameters :math:`w` start at :math:`w_0` and can be trained with
     :func:`kdnb.core.training.fit`; the forward pass is one Jacobian-vector product (``torch.func.jvp``), so :math:`J`
     is never formed. Only the parameters of ``model`` with ``requires_grad=True`` are linearized; the others, and the
-    buffers, stay fixed. ``model`` itself is not modified.
+    buffers, stay fixed at their values at construction. ``model`` itself is not modified.
+
+    The linearization is that of the eval-mode function: layers whose output depends on the train mode (dropout,
+    batch normalisation) must be in eval mode at construction, and every forward pass evaluates the wrapped model
+    with all its modules in eval mode (their flags are restored afterwards). So :func:`kdnb.core.training.fit`, which
+    puts the module it trains in train mode, or a later ``model.train()`` cannot make the linearized function random
+    or batch-dependent.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The network f at its weights :math:`w_0`, with at least one parameter with ``requires_grad=True``. It is
-        kept by reference (not copied) and called functionally with the linearized module's weights.
+        The network f at its weights :math:`w_0`, with at least one parameter with ``requires_grad=True``, and no
+        dropout or batch normalisation in train mode. It is kept by reference (not copied) and called functionally
+        with the linearized module's weights.
 
     Raises
     ------
     TypeError
         If ``model`` is not a ``torch.nn.Module``.
     ValueError
-        If ``model`` has no parameter with ``requires_grad=True``.
+        If ``model`` has a layer whose output depends on the train mode in train mode
+        (:func:`kdnb.core.validation.check_eval_mode`: call ``model.eval()`` first), or no parameter with
+        ``requires_grad=True``.
 
     References
     ----------
@@ -55,6 +73,7 @@ class LinearizedModel(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_eval_mode(model)
         self._function = [model]  # kept out of the module tree: its own parameters are never used or trained
         names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not names:
@@ -66,6 +85,7 @@ class LinearizedModel(nn.Module):
                 self.weights.append(nn.Parameter(p.detach().clone()))
                 self.register_buffer(f"_initial_{len(self.weights) - 1}", p.detach().clone())
         self._fixed_names = [name for name, p in model.named_parameters() if not p.requires_grad]
+        self._n_frozen = len(self._fixed_names)  # the frozen parameters come first, then the buffers
         self._fixed_names += [name for name, _ in model.named_buffers()]
         fixed = dict(model.named_parameters())
         fixed.update(dict(model.named_buffers()))
@@ -105,13 +125,51 @@ class LinearizedModel(nn.Module):
         -------
         torch.Tensor
             The outputs, in the shape the wrapped model returns.
+
+        Raises
+        ------
+        ValueError
+            If the wrapped model's forward changed one of the fixed buffers (they are restored first): the
+            linearization needs a forward that leaves its buffers alone.
+
+        Notes
+        -----
+        The wrapped model runs with every module in eval mode, whatever its flags and this module's own
+        ``training`` flag; the flags are restored afterwards.
         """
         initial = self.initial_weights()
         change = {name: w - initial[name] for name, w in zip(self._names, self.weights)}
         fixed = {name: getattr(self, f"_fixed_{k}") for k, name in enumerate(self._fixed_names)}
+        buffers = {name: fixed[name] for name in self._fixed_names[self._n_frozen:]}
         model = self._function[0]
-        f0, tangent = jvp(lambda p: functional_call(model, (p, fixed), (x,)), (initial,), (change,))
+        with check_buffers_unchanged(buffers, caller="LinearizedModel"), _eval_mode(model):
+            try:
+                f0, tangent = jvp(lambda p: functional_call(model, (p, fixed), (x,)), (initial,), (change,))
+            except RuntimeError:
+                # torch.func refuses a forward that writes into a buffer before it writes; a plain forward pass
+                # shows whether that was the cause (then the buffers are restored and a ValueError says so).
+                if buffers:
+                    with torch.no_grad():
+                        functional_call(model, (initial, fixed), (x,))
+                raise
         return f0 + tangent
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module of ``model`` in eval mode inside the block, its own flags restored after (the ``training``
+    attributes are set directly, so overridden ``train()`` methods are not called)."""
+    flags = [(module, module.training) for module in model.modules()]
+    if not any(flag for _, flag in flags):
+        yield
+        return
+    for module, _ in flags:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 
@@ -144,7 +202,7 @@ def function_space_gd(
     f0: torch.Tensor | None = None,
     f0_test: torch.Tensor | None = None,
     record_every: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> FunctionSpaceTrajectory:
     r"""Gradient descent of the linearized model, run in function space.
 
@@ -178,8 +236,9 @@ def function_space_gd(
         Initial test logits, shape (M,); ``None``: zero. Needs ``kernel_test_train``.
     record_every : int or None, default None
         Record every this many steps (>= 1); ``None``: only at steps 0 and ``steps``.
-    progress : bool, default False
-        Show a bar over steps.
+    progress : bool or None, default False
+        Show a bar over steps (``True``), or not (``False``); ``None``: only in a Jupyter kernel or when standard
+        error is a terminal (:func:`kdnb.core.progress.progress_bar`).
 
     Returns
     -------
@@ -190,7 +249,7 @@ def function_space_gd(
     ------
     TypeError
         If ``kernel``, ``f0`` or ``f0_test`` is not a tensor, ``loss_gradient`` is not callable, ``lr`` is not a
-        real number, or ``steps`` or ``record_every`` is not an int.
+        real number, ``steps`` or ``record_every`` is not an int, or ``progress`` is neither None nor a bool.
     ValueError
         If ``kernel`` is not a square finite matrix, ``lr`` is not finite and > 0, ``steps`` < 0, ``record_every``
         < 1, ``f0`` is not (N,), ``kernel_test_train`` is not (M, N), ``f0_test`` does not match it or is given
@@ -225,7 +284,7 @@ def function_space_gd(
         raise ValueError("f0_test was given without kernel_test_train")
 
     recorded_steps, train_rec, test_rec = [0], [z.clone()], [] if z_test is None else [z_test.clone()]
-    for step in tqdm(range(1, steps + 1), desc="function-space GD", disable=not progress, leave=False):
+    for step in progress_bar(range(1, steps + 1), desc="function-space GD", enabled=progress, name="progress"):
         grad = loss_gradient(z)
         if not isinstance(grad, torch.Tensor) or grad.shape != z.shape:
             raise ValueError(f"loss_gradient must return a tensor of shape {tuple(z.shape)} (one derivative per "
@@ -256,7 +315,7 @@ def gradient_descent_path(
     steps: int,
     test_inputs: torch.Tensor | None = None,
     record_every: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> FunctionSpaceTrajectory:
     r"""Train ``model`` by full-batch gradient descent and record its logits as :func:`function_space_gd` does.
 
@@ -284,8 +343,9 @@ def gradient_descent_path(
         Inputs at which test logits are recorded too.
     record_every : int or None, default None
         Record every this many steps (>= 1); ``None``: only at steps 0 and ``steps``.
-    progress : bool, default False
-        Show a bar over steps.
+    progress : bool or None, default False
+        Show a bar over steps (``True``), or not (``False``); ``None``: only in a Jupyter kernel or when standard
+        error is a terminal (:func:`kdnb.core.progress.progress_bar`).
 
     Returns
     -------
@@ -295,7 +355,8 @@ def gradient_descent_path(
     Raises
     ------
     TypeError
-        If ``steps`` or ``record_every`` is not an int, or an argument is rejected by :func:`kdnb.core.training.fit`.
+        If ``steps`` or ``record_every`` is not an int, ``progress`` is neither None nor a bool, or an argument is
+        rejected by :func:`kdnb.core.training.fit`.
     ValueError
         If ``steps`` or ``record_every`` < 1, the model's logits are not one per example (shape (N,)), or a target
         does not have N rows.
@@ -315,7 +376,7 @@ def gradient_descent_path(
 
     recorded, train, test = [0], [logits(inputs)], [] if test_inputs is None else [logits(test_inputs)]
     done = 0
-    bar = tqdm(total=steps, desc="gradient descent", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, desc="gradient descent", enabled=progress, name="progress")
     while done < steps:
         chunk = min(record_every - done % record_every, steps - done)
         # Plain SGD has no state, so training in segments is the same as one run of `steps` steps.

@@ -10,9 +10,22 @@ and the weight change :math:`\Delta\hat w = \Phi a` has norm :math:`\sqrt{r^\top
 * :class:`KernelGradientFlow`: gradient flow on the squared loss stopped at time :math:`\tau`, in closed form (an
   early-stopped teacher).
 
-**Linear algebra.** Kernels for solves are float64. Cholesky factorisations add a jitter of
-``jitter * mean(diag K)`` (default ``1e-10``) to the diagonal and raise ``ValueError`` if the matrix is still not
-positive definite; nothing is clipped silently.
+**Linear algebra.** Kernels for solves are float64. A kernel must be symmetric to the precision of its dtype
+(:func:`kdnb.core.validation.check_gram` with ``symmetric=True``: a float32 NTK is symmetric only to float32
+rounding) and is used symmetrised, :math:`(K + K^\top)/2`; an exactly symmetric kernel is used as it is. Cholesky
+factorisations add a jitter of ``jitter * mean(diag K)`` (default ``1e-10``) to the diagonal and raise
+``ValueError`` if the matrix is still not positive definite; nothing is clipped silently.
+
+**Degenerate systems.** A jitter lets the factorisation of a singular kernel succeed (e.g. an input repeated), but
+then the solution of :math:`(K + \delta I) a = r` is not an interpolant when the targets are inconsistent on the
+kernel's degenerate directions (the repeated input with two different targets): the coefficients grow like
+:math:`1/\delta` and the fit misses the targets. The solvers therefore measure the fit against the *unjittered*
+kernel, the relative training residual :math:`\|K a - r\| / \|r\|` of each target column, and raise
+``ValueError`` when it exceeds :data:`FIT_TOLERANCE_FACTOR` :math:`\times \max(\epsilon_\mathrm{jitter},
+\epsilon_\mathrm{dtype})`, i.e. ``1e4 * max(jitter, torch.finfo(kernel.dtype).eps)``: 1e-6 for the default jitter
+and a float64 kernel, 1.2e-3 for a float32 kernel. Consistent targets pass (a repeat with the same target gives the
+fit without the repeat); a jitter of 1e-4 or more makes the tolerance 1 or more, so that a ridge-like jitter is not
+refused. :class:`KernelGradientFlow` handles singular kernels by design and has no such check.
 """
 
 from __future__ import annotations
@@ -32,10 +45,13 @@ from ..core.validation import (
     check_sequence,
 )
 
-__all__ = ["DEFAULT_JITTER", "KernelGradientFlow", "KernelRegression", "NestedKernelRegression",
+__all__ = ["DEFAULT_JITTER", "FIT_TOLERANCE_FACTOR", "KernelGradientFlow", "KernelRegression", "NestedKernelRegression",
            "cholesky_with_jitter", "kernel_regression", "weight_change_cosine", "weight_change_norm"]
 
 DEFAULT_JITTER = 1e-10
+"""The default relative diagonal jitter of the Cholesky factorisations (times the mean diagonal of K)."""
+FIT_TOLERANCE_FACTOR = 1e4
+"""The largest relative training residual of a solve is this times ``max(jitter, eps of the kernel's dtype)``."""
 
 
 def _initial_outputs(f0, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -55,17 +71,67 @@ def _residual_targets(targets, f0, n: int, device) -> torch.Tensor:
     return z if f0 is None else z - _initial_outputs(f0, z, "f0")
 
 
+@dataclass(frozen=True)
+class _Factorisation:
+    kernel: torch.Tensor  # the checked, symmetrised float64 kernel, without the jitter
+    factor: torch.Tensor  # the lower Cholesky factor of the jittered kernel
+    tolerance: float  # the largest accepted relative training residual (FIT_TOLERANCE_FACTOR x max(jitter, eps))
+
+
+def _factorise(kernel, jitter) -> _Factorisation:
+    """Check, symmetrise and factorise ``kernel`` with ``jitter`` (see :func:`cholesky_with_jitter`)."""
+    k = check_gram(kernel, symmetric=True)
+    jitter = float(jitter)
+    if not (jitter >= 0 and math.isfinite(jitter)):
+        raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
+    scale = float(k.diagonal().abs().mean())
+    shifted = k + (jitter * scale) * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    if int(info) != 0:
+        raise ValueError(f"kernel is not positive definite even with jitter {jitter:g} x mean diagonal; are some "
+                         f"inputs repeated? (Cholesky failed at column {int(info)})")
+    return _Factorisation(k, factor, FIT_TOLERANCE_FACTOR * max(jitter, torch.finfo(kernel.dtype).eps))
+
+
+def _check_fit(f: _Factorisation, coefficients: torch.Tensor, targets: torch.Tensor, what: str = "") -> None:
+    """Raise if the jittered solution ``coefficients`` (n, k) misses ``targets`` (n, k) on the unjittered kernel.
+
+    ``n`` may be a prefix of the kernel's points. The relative residual of a zero target column is 0.
+    """
+    n = coefficients.shape[0]
+    residual = torch.linalg.vector_norm(f.kernel[:n, :n] @ coefficients - targets, dim=0)
+    size = torch.linalg.vector_norm(targets, dim=0)
+    relative = torch.where(size > 0, residual / torch.where(size > 0, size, torch.ones_like(size)),
+                           torch.zeros_like(size))
+    worst = int(relative.argmax())
+    value = float(relative[worst])
+    if not value <= f.tolerance:
+        column = f" (target column {worst})" if relative.numel() > 1 else ""
+        raise ValueError(
+            f"kernel is (numerically) singular and the targets are inconsistent on its degenerate directions (e.g. "
+            f"a repeated input with different targets){what}: the jittered solution fits them only to a relative "
+            f"training residual ||K a - r|| / ||r|| = {value:.3g}{column}, above the tolerance {f.tolerance:.3g} "
+            f"({FIT_TOLERANCE_FACTOR:g} x max(jitter, eps of the kernel's dtype)); no interpolant exists. Remove or "
+            f"merge repeated inputs, or give them the same target")
+
+
 def cholesky_with_jitter(kernel: torch.Tensor, jitter: float = DEFAULT_JITTER) -> torch.Tensor:
     r"""Lower Cholesky factor of a Gram matrix with a stated jitter on its diagonal, in float64.
 
     The factor L of :math:`K + \epsilon\, \overline{\mathrm{diag} K}\, I`, with :math:`\epsilon` = ``jitter`` and
     :math:`\overline{\mathrm{diag} K}` the mean of the diagonal. Nothing is clipped: a matrix that is still not
-    positive definite raises.
+    positive definite raises. A kernel symmetric only to the precision of its dtype (a float32 NTK) is symmetrised
+    first, :math:`(K + K^\top)/2` in float64; an exactly symmetric one is used as it is
+    (:func:`kdnb.core.validation.check_gram` with ``symmetric=True``).
+
+    This only factorises: it cannot tell whether the targets of a later solve are consistent with a singular K (the
+    solvers of this module check that, see the module's notes on degenerate systems).
 
     Parameters
     ----------
     kernel : torch.Tensor
-        K, a symmetric (N, N) Gram matrix with finite entries (any floating dtype; used in float64).
+        K, a symmetric (N, N) Gram matrix with finite entries (any floating dtype; used in float64). Symmetric to
+        its dtype's precision: :math:`\max|K_{ij} - K_{ji}| \le 16\, \epsilon_\mathrm{dtype} \max|K|`.
     jitter : float, default 1e-10
         :math:`\epsilon \ge 0`, relative to the mean diagonal.
 
@@ -80,22 +146,10 @@ def cholesky_with_jitter(kernel: torch.Tensor, jitter: float = DEFAULT_JITTER) -
         If ``kernel`` is not a tensor.
     ValueError
         If ``kernel`` is not a square finite floating-point matrix, ``jitter`` is negative or not finite, ``kernel``
-        is not symmetric (to 1e-8 relative) or not positive definite even with the jitter (duplicate inputs, or a
-        kernel that is not a kernel).
+        is asymmetric beyond its dtype's precision (above), or not positive definite even with the jitter (duplicate
+        inputs with ``jitter=0``, or a matrix that is not a kernel).
     """
-    k = check_gram(kernel)
-    jitter = float(jitter)
-    if not (jitter >= 0 and math.isfinite(jitter)):
-        raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
-    scale = float(k.diagonal().abs().mean())
-    if float((k - k.T).abs().max()) > 1e-8 * max(scale, 1e-300):
-        raise ValueError("kernel must be symmetric (a Gram matrix); got an asymmetric matrix")
-    shifted = k + (jitter * scale) * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
-    factor, info = torch.linalg.cholesky_ex(shifted)
-    if int(info) != 0:
-        raise ValueError(f"kernel is not positive definite even with jitter {jitter:g} x mean diagonal; are some "
-                         f"inputs repeated? (Cholesky failed at column {int(info)})")
-    return factor
+    return _factorise(kernel, jitter).factor
 
 
 @dataclass(frozen=True)
@@ -105,7 +159,8 @@ class KernelRegression:
     With :math:`r = z - f_0(X)`: coefficients :math:`a = K^{-1} r`, predictions
     :math:`f(x) = f_0(x) + \Theta(x, X)\, a`, and weight change :math:`\Delta \hat w = \Phi a` with
     :math:`\|\Delta \hat w\|^2 = r^\top K^{-1} r` (computed without forming the features :math:`\Phi`). Built by
-    :func:`kernel_regression`.
+    :func:`kernel_regression`, which checks that it interpolates (a singular K with inconsistent targets has no
+    interpolant and raises there).
 
     Parameters
     ----------
@@ -173,13 +228,21 @@ def kernel_regression(
 ) -> KernelRegression:
     r"""Solve kernel regression, :math:`a = K^{-1}(z - f_0)`, by one Cholesky factorisation.
 
-    Float64, jitter as in :func:`cholesky_with_jitter`. Any loss convex in the logits whose per-example minimiser is
-    z leads gradient flow from :math:`w_0` to this solution.
+    Float64, jitter and symmetrisation as in :func:`cholesky_with_jitter`. Any loss convex in the logits whose
+    per-example minimiser is z leads gradient flow from :math:`w_0` to this solution.
+
+    The solution of the jittered system is checked against the unjittered K: with :math:`r = z - f_0`, the relative
+    training residual :math:`\|K a - r\| / \|r\|` of every target column must be at most
+    ``1e4 * max(jitter, torch.finfo(kernel.dtype).eps)`` (1e-6 for the default jitter and float64, 1.2e-3 for
+    float32; :data:`FIT_TOLERANCE_FACTOR`). A singular K (e.g. a repeated input) with consistent targets passes, and
+    gives the fit without the repeat; with inconsistent targets (the repeat with another target) no interpolant
+    exists, and it raises.
 
     Parameters
     ----------
     kernel : torch.Tensor
-        K = :math:`\Theta(X, X)`, a symmetric positive definite (N, N) Gram matrix.
+        K = :math:`\Theta(X, X)`, a symmetric positive (semi-)definite (N, N) Gram matrix, symmetric to its dtype's
+        precision (:func:`cholesky_with_jitter`).
     targets : torch.Tensor
         z, (N,) or (N, k): k right-hand sides at once (e.g. one per soft ratio), finite.
     f0 : torch.Tensor or None, default None
@@ -199,12 +262,15 @@ def kernel_regression(
         If ``kernel``, ``targets`` or ``f0`` is not a tensor.
     ValueError
         As :func:`cholesky_with_jitter`, or if ``targets`` is not (N,) or (N, k) with finite floating entries, or
-        ``f0`` does not match it.
+        ``f0`` does not match it, or the jittered solution misses the targets (relative training residual above the
+        tolerance: K is numerically singular and the targets are inconsistent on its degenerate directions).
     """
-    factor = cholesky_with_jitter(kernel, jitter)
+    f = _factorise(kernel, jitter)
+    factor = f.factor
     z = _residual_targets(targets, f0, factor.shape[0], factor.device)
     rhs = z if z.ndim == 2 else z[:, None]
     coefficients = torch.cholesky_solve(rhs, factor)
+    _check_fit(f, coefficients, rhs)
     if z.ndim == 1:
         coefficients = coefficients[:, 0]
     return KernelRegression(coefficients=coefficients, factor=factor, residual_targets=z)
@@ -224,10 +290,18 @@ def weight_change_norm(
     at once, from one factorisation :math:`K = L L^\top`: with :math:`v = L^{-1} r`, the leading n x n block of K has
     Cholesky factor :math:`L_{:n,:n}`, so :math:`\|\Delta \hat w_n\|^2 = \sum_{i \le n} v_i^2`.
 
+    The fit is checked as in :func:`kernel_regression`, on the whole system (all N points): the relative training
+    residual :math:`\|K a - r\| / \|r\|` of :math:`a = L^{-\top} v` must be at most
+    ``1e4 * max(jitter, eps of the kernel's dtype)``. With ``prefixes=True`` the prefixes are not checked one by one;
+    this is enough because K is positive semi-definite: a direction u of the first n points with
+    :math:`K_n u = 0` also has :math:`K u = 0`, and :math:`u^\top r = u^\top r_{:n}`, so targets inconsistent on
+    a prefix are inconsistent on the whole system (with a residual smaller by at most :math:`\|r_{:n}\|/\|r\|`).
+
     Parameters
     ----------
     kernel : torch.Tensor
-        K, a symmetric positive definite (N, N) Gram matrix.
+        K, a symmetric positive (semi-)definite (N, N) Gram matrix, symmetric to its dtype's precision
+        (:func:`cholesky_with_jitter`).
     targets : torch.Tensor
         z, (N,) or (N, k), finite.
     f0 : torch.Tensor or None, default None
@@ -248,10 +322,12 @@ def weight_change_norm(
     TypeError, ValueError
         As :func:`kernel_regression`.
     """
-    factor = cholesky_with_jitter(kernel, jitter)
+    f = _factorise(kernel, jitter)
+    factor = f.factor
     r = _residual_targets(targets, f0, factor.shape[0], factor.device)
     rhs = r if r.ndim == 2 else r[:, None]
     v = torch.linalg.solve_triangular(factor, rhs, upper=False)
+    _check_fit(f, torch.linalg.solve_triangular(factor.T, v, upper=True), rhs)
     squares = v.square().cumsum(0) if prefixes else v.square().sum(0, keepdim=True)
     norms = squares.sqrt()
     if not prefixes:
@@ -273,11 +349,20 @@ class NestedKernelRegression:
       :math:`s_n^2`;
     * the coefficients :math:`a_n = K_n^{-1} r_n = L_n^{-\top} v_{:n}` cost O(n²) each (:meth:`coefficients`).
 
+    **Fit checks** (see :func:`kernel_regression`). The whole sample is checked at construction: the relative
+    training residual :math:`\|K a_N - r\| / \|r\|` of every target column, against the unjittered K, must be at
+    most ``1e4 * max(jitter, eps of the kernel's dtype)``. This covers :meth:`norms` and :meth:`oracle_angles` for
+    every prefix, because K is positive semi-definite: a degenerate direction u of a prefix (:math:`K_n u = 0`) is
+    one of the whole sample (:math:`K u = 0`, :math:`u^\top r = u^\top r_{:n}`), so targets inconsistent on a
+    prefix are inconsistent on the whole sample (their residual is smaller by at most
+    :math:`\|r_{:n}\| / \|r\|`). :meth:`coefficients` and :meth:`predict` check their own prefix n
+    (:math:`\|K_n a_n - r_{:n}\| / \|r_{:n}\|`), at O(n²) like the solve.
+
     Parameters
     ----------
     kernel : torch.Tensor
-        K, the symmetric positive definite (N, N) Gram matrix of the whole sample, in its order (the prefixes are its
-        leading blocks).
+        K, the symmetric positive (semi-)definite (N, N) Gram matrix of the whole sample, in its order (the prefixes
+        are its leading blocks); symmetric to its dtype's precision (:func:`cholesky_with_jitter`).
     targets : torch.Tensor
         z, (N,) or (N, k): k right-hand sides solved together (e.g. one per soft ratio), finite.
     f0 : torch.Tensor or None, default None
@@ -297,16 +382,18 @@ class NestedKernelRegression:
     Raises
     ------
     TypeError, ValueError
-        As :func:`kernel_regression`.
+        As :func:`kernel_regression` (the whole sample's fit is checked here).
     """
 
     def __init__(self, kernel: torch.Tensor, targets: torch.Tensor, *, f0: torch.Tensor | None = None,
                  jitter: float = DEFAULT_JITTER):
-        self.factor = cholesky_with_jitter(kernel, jitter)
+        self._factorisation = _factorise(kernel, jitter)
+        self.factor = self._factorisation.factor
         residual = _residual_targets(targets, f0, self.factor.shape[0], self.factor.device)
         self._vector = residual.ndim == 1
         self.residual_targets = residual[:, None] if self._vector else residual
         self.whitened = torch.linalg.solve_triangular(self.factor, self.residual_targets, upper=False)
+        self._solve(self.size)
 
     @property
     def size(self) -> int:
@@ -352,11 +439,17 @@ class NestedKernelRegression:
         TypeError
             If ``n`` is not an int.
         ValueError
-            If ``n`` is not in [1, N].
+            If ``n`` is not in [1, N], or the first n points' jittered solution misses their targets (relative
+            training residual above the tolerance, see the class's fit checks).
         """
-        n = self._check_n(n)
+        return self._shape(self._solve(self._check_n(n)))
+
+    def _solve(self, n: int) -> torch.Tensor:
+        """:math:`a_n` (n, k), checked against the unjittered :math:`K_n`."""
         a = torch.linalg.solve_triangular(self.factor[:n, :n].T, self.whitened[:n], upper=True)
-        return self._shape(a)
+        _check_fit(self._factorisation, a, self.residual_targets[:n],
+                   "" if n == self.size else f" on the first {n} points")
+        return a
 
     def predict(self, n: int, kernel_test_train: torch.Tensor, f0_test: torch.Tensor | None = None) -> torch.Tensor:
         r"""The student trained on the first n points at test inputs, :math:`f_0(x) + \Theta(x, X_n)\, a_n`.
@@ -383,7 +476,7 @@ class NestedKernelRegression:
             If ``n`` is not an int, or ``f0_test`` is not a floating-point tensor.
         ValueError
             If ``n`` is not in [1, N], ``kernel_test_train`` is not a matrix with at least n columns, or ``f0_test``
-            does not have M rows or is not finite.
+            does not have M rows or is not finite, or as :meth:`coefficients`.
         """
         n = self._check_n(n)
         if not isinstance(kernel_test_train, torch.Tensor) or kernel_test_train.ndim != 2:
@@ -487,10 +580,16 @@ class KernelGradientFlow:
     teacher becomes the interpolant :math:`K_t^{-1} Y_t`. Eigenvalues at or below rounding level
     (:math:`10^{-13}\lambda_\max`) are treated as zero, where the factor is its limit :math:`\tau/n_t`.
 
+    A singular :math:`K_t` (e.g. a repeated input) is handled by design, even with inconsistent targets: along a null
+    direction the training logits do not move, and a repeated input's logit tends to the mean of its targets (the
+    least-squares fit) instead of an interpolant. There is no jitter and no fit check.
+
     Parameters
     ----------
     kernel : torch.Tensor
-        :math:`K_t`, the symmetric (n_t, n_t) Gram matrix of the teacher's training points, finite.
+        :math:`K_t`, the (n_t, n_t) Gram matrix of the teacher's training points, finite, symmetric to its dtype's
+        precision (:math:`\max|K_{ij} - K_{ji}| \le 16\, \epsilon_\mathrm{dtype} \max|K|`; used symmetrised,
+        :math:`(K + K^\top)/2` in float64, as in :func:`cholesky_with_jitter`).
     targets : torch.Tensor
         :math:`Y_t`, shape (n_t,), finite.
 
@@ -510,8 +609,8 @@ class KernelGradientFlow:
     TypeError
         If ``kernel`` is not a tensor, or ``targets`` is not a floating-point tensor.
     ValueError
-        If ``kernel`` is not a square, finite, symmetric floating-point matrix, or ``targets`` is not finite of shape
-        (n_t,).
+        If ``kernel`` is not a square, finite floating-point matrix symmetric to its dtype's precision, or ``targets``
+        is not finite of shape (n_t,).
 
     References
     ----------
@@ -520,9 +619,7 @@ class KernelGradientFlow:
     """
 
     def __init__(self, kernel: torch.Tensor, targets: torch.Tensor):
-        k = check_gram(kernel)
-        if float((k - k.T).abs().max()) > 1e-8 * float(k.diagonal().abs().mean()):
-            raise ValueError("kernel must be a symmetric Gram matrix")
+        k = check_gram(kernel, symmetric=True)
         y = check_finite_tensor(targets, "targets").to(k.device, torch.float64)
         if y.shape != (k.shape[0],):
             raise ValueError(f"targets must have shape ({k.shape[0]},) to match the kernel, got {tuple(y.shape)}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from kdnb.core.models import MLP, NTKMLP, AntisymmetricPair, DigitsCNN
 from kdnb.core.runtime import select_device
@@ -15,8 +16,10 @@ from kdnb.core.timing import time_call
 from kdnb.kernels.empirical import (
     dense_ntk_flops,
     empirical_ntk,
+    ntk_features,
     structured_ntk_supported,
 )
+from tests.core.test_progress import run_with_stderr_to_file
 from tests.helpers import gen, per_example_gradients
 
 F64 = torch.float64
@@ -215,3 +218,111 @@ def test_two_layer_pair_is_a_network_with_duplicated_units():
     x = torch.randn(6, 3, generator=gen(2), dtype=F64)
     torch.testing.assert_close(empirical_ntk(pair, x), empirical_ntk(full, x), rtol=1e-12, atol=1e-12)
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models with train-mode layers or buffers: refused or restored, never silently changed; quiet progress bars
+# ---------------------------------------------------------------------------------------------------------------------
+
+TRAIN_MODE_MODELS = {
+    "batchnorm2d": lambda: (nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                                          nn.Linear(8, 1)).double(), torch.randn(4, 1, 4, 4, generator=gen(0),
+                                                                                 dtype=F64)),
+    "batchnorm1d": lambda: (nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 1)).double(),
+                            torch.randn(4, 3, generator=gen(0), dtype=F64)),
+    "dropout": lambda: (nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 2)).double(),
+                        torch.randn(6, 3, generator=gen(0), dtype=F64)),
+}
+NTK_CALLS = {
+    "jacobian": lambda m, x: empirical_ntk(m, x, method="jacobian"),
+    "ntk_vp": lambda m, x: empirical_ntk(m, x, method="ntk_vp"),
+    "auto-two-inputs": lambda m, x: empirical_ntk(m, x, x[:2]),
+    "structured": lambda m, x: empirical_ntk(m, x, method="structured"),
+    "features": ntk_features,
+}
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()]
+
+
+@pytest.mark.parametrize("call", list(NTK_CALLS))
+@pytest.mark.parametrize("kind", list(TRAIN_MODE_MODELS))
+def test_train_mode_layers_are_refused_before_any_forward_pass(kind, call):
+    model, x = TRAIN_MODE_MODELS[kind]()
+    state, flags = _state(model)
+    rng = torch.get_rng_state()
+    layer = {"dropout": "Dropout", "batchnorm1d": "BatchNorm1d", "batchnorm2d": "BatchNorm2d"}[kind]
+    with pytest.raises(ValueError, match=rf"model has layers in train mode.*'1' \({layer}\).*Call model\.eval\(\)"):
+        NTK_CALLS[call](model, x)
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()), "buffers or weights changed"
+    assert torch.equal(torch.get_rng_state(), rng), "a random draw was made"
+
+
+@pytest.mark.parametrize("kind", list(TRAIN_MODE_MODELS))
+def test_in_eval_mode_the_kernel_is_the_gram_matrix_of_per_example_gradients(kind):
+    model, x = TRAIN_MODE_MODELS[kind]()
+    with torch.no_grad():  # running statistics away from (0, 1), so that eval-mode batch norm is not the identity
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-1, 1, generator=gen(3))
+                m.running_var.uniform_(0.5, 2, generator=gen(4))
+    model.eval()
+    state, flags = _state(model)
+    reference = per_example_gradient_gram(model, x, x)
+    reference = reference[:, :, 0, 0] if reference.shape[2] == 1 else reference
+    for method in ("jacobian", "ntk_vp"):
+        torch.testing.assert_close(empirical_ntk(model, x, method=method), reference, rtol=1e-10, atol=1e-12)
+    phi = ntk_features(model, x)  # (N, P) for one output, (N, O, P) for more
+    gram = phi @ phi.T if phi.ndim == 2 else torch.einsum("iap,jbp->ijab", phi, phi)
+    torch.testing.assert_close(gram, reference, rtol=1e-10, atol=1e-12)
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+class _CountingLinear(nn.Module):
+    """A layer whose forward counts its calls in a buffer, in eval mode too."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2, dtype=F64)
+        self.register_buffer("calls", torch.zeros((), dtype=F64))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("call", ["jacobian", "ntk_vp", "auto-two-inputs", "features"])
+def test_a_forward_that_updates_a_buffer_is_undone_and_refused(call):
+    model = _CountingLinear().eval()
+    buffer = model.calls
+    with pytest.raises(ValueError, match=r"model's forward changed its buffers \['calls'\] while "
+                                         r"(empirical_ntk|ntk_features) evaluated it \(they were restored\)"):
+        NTK_CALLS[call](model, torch.randn(4, 3, generator=gen(0), dtype=F64))
+    assert model.calls is buffer and float(model.calls) == 0.0
+
+
+def test_progress_must_be_a_bool_or_none():
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        empirical_ntk(NTKMLP(5, [4], dtype=F64), torch.randn(3, 5, dtype=F64), progress="yes")
+
+
+def test_empirical_ntk_is_silent_in_a_log_unless_forced(tmp_path):
+    text = run_with_stderr_to_file("""
+        import sys
+        import torch
+        from kdnb.core.models import MLP
+        from kdnb.kernels.empirical import empirical_ntk
+
+        model = MLP(3, (8,), 1, activation="tanh").double()  # no closed form: the blocked Jacobian path
+        x = torch.randn(12, 3, dtype=torch.float64)
+        for method in ("jacobian", "ntk_vp"):
+            empirical_ntk(model, x, method=method, chunk_size=1)  # 78 blocks: a bar where someone watches
+            empirical_ntk(model, x, x[:5], method=method, chunk_size=1, progress=False)
+        sys.stderr.write("MARK\\n")
+        empirical_ntk(model, x, method="jacobian", chunk_size=1, progress=True)
+    """, tmp_path)
+    quiet, forced = text.split("MARK\n")
+    assert quiet == ""
+    assert "empirical NTK blocks" in forced and "/78 [" in forced

@@ -11,7 +11,6 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ...core.data import (
     GaussianMixtureOnSphere,
@@ -21,6 +20,7 @@ from ...core.data import (
     sample_sphere,
 )
 from ...core.models import MLP
+from ...core.progress import progress_bar
 from ...core.runtime import float64_device
 from ...core.sweeps import power_law_fit
 from ...core.training import distill, predict_logits, teacher_snapshots
@@ -1062,7 +1062,7 @@ def digits_experiment(
     example_accuracy = check_in_unit_interval(example_accuracy, "example_accuracy")
 
     digit_rows, mlp_rows, examples = [], [], None
-    for repeat in tqdm(range(repeats), desc="digits repeats", disable=not progress):
+    for repeat in progress_bar(range(repeats), desc="digits repeats", enabled=progress, leave=True):
         split_seed = 1000 * seed + repeat
         standard = load_binary_digits(seed=split_seed, device=device)  # for the networks
         sphere = load_binary_digits(seed=split_seed, sphere=True, dtype=torch.float64)  # for the kernels

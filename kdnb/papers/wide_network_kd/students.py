@@ -304,8 +304,9 @@ def hard_label_effect(
               - \frac{z^\top K^{-1} g}{z^\top K^{-1} z}\, \dot z^\top K^{-1} z,
 
     computed from one Cholesky factorisation (float64, jitter as in
-    :func:`kdnb.kernels.regression.cholesky_with_jitter`). Because :math:`\Delta\hat w_c` is the part of the ground
-    truth orthogonal to the student,
+    :func:`kdnb.kernels.regression.cholesky_with_jitter`), whose fit to z, :math:`\dot z` and g is checked against the
+    unjittered K (:class:`kdnb.kernels.regression.NestedKernelRegression`). Because :math:`\Delta\hat w_c` is the
+    part of the ground truth orthogonal to the student,
     :math:`\partial\cos\alpha(\Delta\hat w, \Delta w_g)/\partial(1-\rho) = \langle\delta\hat w_h, \Delta\hat
     w_c\rangle / (\|\Delta\hat w\|\|\Delta w_g\|)`; the normaliser here is :math:`\|\Delta\hat w_g\|`, the same
     for every ρ. The book's definition of :math:`\Delta w_g` is a reconstruction; another choice of g changes the
@@ -340,7 +341,10 @@ def hard_label_effect(
     TypeError, ValueError
         If ``truth_logits`` is not (N,) like ``teacher_logits``, ``kernel`` is not (N, N) or not positive definite
         even with the jitter, the student's targets (for some ρ) or ``truth_logits`` are all zero (the angle is
-        undefined), or as :func:`~kdnb.papers.wide_network_kd.effective_logits.effective_student_logits`.
+        undefined), ``kernel`` is numerically singular and z, :math:`\dot z` or g is inconsistent on its degenerate
+        directions (e.g. a repeated input with two labels: relative training residual above
+        ``1e4 * max(jitter, eps)``, see :func:`kdnb.kernels.regression.kernel_regression`), or as
+        :func:`~kdnb.papers.wide_network_kd.effective_logits.effective_student_logits`.
 
     References
     ----------
@@ -355,14 +359,14 @@ def hard_label_effect(
                          f"ground-truth logit per training point), got {tuple(g.shape)}")
     if scalar:
         z, dz = z[:, None], dz[:, None]
-    factor = cholesky_with_jitter(kernel, jitter)
-    if factor.shape[0] != z.shape[0]:
+    if isinstance(kernel, torch.Tensor) and kernel.ndim == 2 and kernel.shape[0] != z.shape[0]:
         raise ValueError(f"kernel must be ({z.shape[0]}, {z.shape[0]}) to match the teacher logits")
     if not bool((z != 0).any(0).all()) or not bool((g != 0).any()):
         raise ValueError("the student's targets and truth_logits must not be all zero (the angle is undefined)")
-    z, dz = z.to(factor.device), dz.to(factor.device)
-    # Whitened vectors: u^T K^{-1} v = (L^{-1} u)^T (L^{-1} v).
-    white = torch.linalg.solve_triangular(factor, torch.cat([z, dz, g.to(factor.device)[:, None]], 1), upper=False)
+    # Whitened vectors: u^T K^{-1} v = (L^{-1} u)^T (L^{-1} v), with v = L^{-1} [z, dz, g] from one factorisation,
+    # whose fit to every column is checked (a singular K with inconsistent columns raises).
+    columns = torch.cat([z, dz.to(z.device), g.to(z.device)[:, None]], 1)
+    white = NestedKernelRegression(kernel, columns, jitter=jitter).whitened
     wz, wdz, wg = white[:, :z.shape[1]], white[:, z.shape[1]:2 * z.shape[1]], white[:, -1:]
     z_norm2, g_norm2 = wz.square().sum(0), wg.square().sum(0)
     z_dot_g, dz_dot_g, dz_dot_z = (wz * wg).sum(0), (wdz * wg).sum(0), (wdz * wz).sum(0)
