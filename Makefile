@@ -26,8 +26,9 @@ book: env
 test: env
 	$(PY) -m pytest
 
+# JupyterLab refuses to start as root unless told: containers and CI machines often run as root.
 lab: env
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/
 
 smoke: env
 	@mkdir -p _build/smoke

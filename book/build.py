@@ -1,9 +1,11 @@
 """Build the HTML book, re-executing exactly what is stale. Run by `make book`.
 
-jupyter-cache keys a notebook's outputs on its code cells only, so on its own it would keep serving outputs computed
-with an older kdnb, older pins or another profile. This script stamps a hash of everything that can change a chapter's
-numbers (kdnb/**, the pins, the scorecard extension, KDNB_PROFILE and KDNB_DEVICE). When the stamp changes it clears the
-execution cache and the saved claims and rebuilds everything; otherwise an edited chapter alone is re-executed.
+Chapters are executed while Sphinx reads them (MyST-NB's "inline" mode, so that the prose's inline expressions are
+evaluated), and Sphinx re-reads only the sources that changed: on its own it would keep pages computed with an older
+kdnb, older pins or another profile. This script stamps a hash of everything that can change a chapter's numbers
+(kdnb/**, the pins, the book's extension, KDNB_PROFILE, KDNB_DEVICE and KDNB_THREADS). When the stamp changes it
+clears Sphinx's saved environment, the saved claims and the HTML and rebuilds everything; otherwise an edited chapter
+alone is re-executed.
 
 Usage: python book/build.py [--all]
 """
@@ -50,7 +52,8 @@ def main(argv: list[str]) -> int:
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb), "build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going", *extra]
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT)
+    # Nobody watches the kernels that execute the chapters: no progress bars (kdnb.core.progress).
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "KDNB_PROGRESS": "0"})
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         STAMP.unlink(missing_ok=True)  # a failed build must not be taken as up to date next time

@@ -1,28 +1,36 @@
-"""The built book, as a reader sees it: headless Chromium opens each page and takes a screenshot.
+"""The built book, as a reader sees it: headless Chromium (driven by Playwright) opens the pages and measures them.
 
-Also: an execution error fails the build and shows the traceback, and the build's staleness stamp tracks what can change
-a chapter's numbers.
+Checked on every page: math typeset by MathJax (loaded from the site itself), no raw TeX or MyST markup, nothing wider
+than the content column (code, equations; wide tables scroll inside their own box), figures shown at their own size
+(never scaled down, so their text keeps the 9-point minimum that ``save_figure`` enforces), captions numbered per
+chapter ("Figure 3.2"), and no external script. Also: the scorecard, the bibliography's author-year labels, the site's
+weight (≤ 10 MB) and the first page's (≤ 2 MB), an execution error that fails the build with its traceback, and the
+staleness stamp. Screenshots of every page go to ``_build/screenshots/``.
 
-The browser test needs Debian's `chromium-headless-shell` (or `chromium`). Where neither is installed it is skipped
-with a reason, unless KDNB_REQUIRE_BROWSER=1 (set by .ci/run), which turns the skip into a failure.
+The browser tests need Debian's ``chromium-headless-shell`` (or ``chromium``); where neither is installed they are
+skipped with a reason, unless KDNB_REQUIRE_BROWSER=1 (set by .ci/run), which turns the skip into a failure.
 """
 
 import importlib.util
+import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from bs4 import BeautifulSoup
+
+from tests.browser import chromium, chromium_path
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+PAGES = ["book/intro.html", "book/run.html", "book/scorecard.html", "book/bibliography.html",
+         *[f"notebooks/{c}.html" for c in CHAPTERS]]
+SITE_LIMIT_MB, FIRST_LOAD_LIMIT_MB = 10.0, 2.0
 
 
 def book_env():
@@ -33,74 +41,149 @@ def book_env():
     return env
 
 
-def browser():
-    for name in ("chromium-headless-shell", "chromium"):
-        path = shutil.which(name)
-        if path:
-            return path
-    reason = "no headless Chromium (apt-get install chromium-headless-shell)"
-    if os.environ.get("KDNB_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"KDNB_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def built_book():
-    chromium = browser()
+    chromium_path()
     result = subprocess.run([sys.executable, str(ROOT / "book" / "build.py")], cwd=ROOT, env=book_env(),
                             capture_output=True, text=True)
     assert result.returncode == 0, f"book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return chromium
+    return HTML
 
 
-def render(chromium, page: str) -> BeautifulSoup:
-    """Open a page (after its scripts ran, MathJax included), save a screenshot, and return the rendered DOM."""
+MEASURE = """() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  const column = article.getBoundingClientRect();
+  // A box that scrolls on its own (overflow-x auto/scroll) may hold wider content; everything else must fit.
+  const scrolls = (el) => { for (let e = el.parentElement; e && e !== article; e = e.parentElement) {
+      const o = getComputedStyle(e).overflowX; if (o === 'auto' || o === 'scroll') return true; } return false; };
+  const wide = [];
+  for (const el of article.querySelectorAll('pre, mjx-container[display="true"], img, table, p, figure')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || scrolls(el)) continue;
+    if (r.right > column.right + 1 || el.scrollWidth > el.clientWidth + 1 && el.tagName === 'PRE') {
+      wide.push({tag: el.tagName, cls: el.className && el.className.toString().slice(0, 40),
+                 text: (el.textContent || el.getAttribute('src') || '').trim().slice(0, 60),
+                 right: Math.round(r.right), scrollWidth: el.scrollWidth, clientWidth: el.clientWidth});
+    }
+  }
+  const figures = Array.from(article.querySelectorAll('figure img')).map(img => ({
+      src: img.getAttribute('src'), natural: img.naturalWidth, shown: Math.round(img.getBoundingClientRect().width)}));
+  const captions = Array.from(article.querySelectorAll('figure figcaption')).map(c => c.textContent.trim());
+  const prose = Array.from(article.querySelectorAll('p, li')).filter(e => !e.closest('table, figure'))
+      .map(e => e.textContent).join('\\n');
+  return {column: Math.round(column.width), wide, figures, captions, prose, text: article.innerText,
+          math: document.querySelectorAll('mjx-container').length,
+          hidden_inputs: article.querySelectorAll('details.hide.above-input, .cell.tag_hide-input').length};
+}"""
+
+
+def open_page(page, path: str, requests: list | None = None) -> dict:
+    """Open a built page, wait for MathJax, save a screenshot, and measure it (see MEASURE)."""
+    if requests is not None:
+        page.on("request", lambda request: requests.append(request.url))
+    page.goto((HTML / path).as_uri())
+    page.wait_for_load_state("load")
+    page.evaluate("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+    page.wait_for_timeout(300)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    url = (HTML / page).as_uri()
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2000",
-             "--virtual-time-budget=10000"]
-    shot = SHOTS / (page.replace("/", "_").replace(".html", ".png"))
-    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
-    assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {page}"
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
-    return BeautifulSoup(dom, "html.parser")
+    page.screenshot(path=str(SHOTS / path.replace("/", "_").replace(".html", ".png")), full_page=True)
+    return page.evaluate(MEASURE)
 
 
-def visible_text(soup: BeautifulSoup) -> str:
-    for tag in soup(["script", "style", "noscript"]):
-        tag.decompose()
-    return soup.get_text(" ")
+def chapter_number(stem: str) -> int:
+    return CHAPTERS.index(stem) + 1
 
 
 @pytest.mark.book
-@pytest.mark.parametrize("page", ["book/intro.html", *[f"notebooks/{c}.html" for c in CHAPTERS]])
-def test_pages_render_math_and_figures(built_book, page):
-    soup = render(built_book, page)
-    assert soup.find_all("mjx-container"), f"{page}: MathJax did not render any math"
-    text = visible_text(soup)
-    assert "$$" not in text and "\\[" not in text, f"{page}: raw TeX left in the page"
-    if page.startswith("notebooks/"):
-        figures = [img for img in soup.find_all("img") if "_images/" in img.get("src", "")]
-        assert len(figures) >= 3, f"{page}: expected figures, found {len(figures)}"
-        assert soup.select("figure figcaption"), f"{page}: figures have no captions"
-        assert "Traceback" not in text, f"{page}: an error was rendered"
+@pytest.mark.parametrize("path", PAGES)
+def test_page_fits_the_column_and_renders_everything(built_book, path):
+    with chromium(width=1280, height=900) as page:
+        failed = []
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        m = open_page(page, path)
+    assert not failed, f"{path}: requests that failed: {failed}"
+    assert 600 <= m["column"] <= 900, f"{path}: unexpected content column of {m['column']} px"
+    assert not m["wide"], f"{path}: wider than the {m['column']}-px column: {m['wide']}"
+    raw = re.findall(r"\$\$|\\\[|\{(?:eval|numref|cite:[tp]|glue[:a-z]*|figure|ref)\}|```", m["text"])
+    assert not raw, f"{path}: raw TeX or MyST markup left in the page: {sorted(set(raw))}"
+    if path in ("book/intro.html", "book/scorecard.html") or path.startswith("notebooks/"):
+        assert m["math"] > 0, f"{path}: MathJax did not typeset any math"
+    if path.startswith("notebooks/"):
+        stem = Path(path).stem
+        assert len(m["figures"]) >= 3, f"{path}: expected figures, found {m['figures']}"
+        for figure in m["figures"]:
+            assert figure["natural"] > 0, f"{path}: figure {figure['src']} did not load"
+            assert figure["shown"] >= figure["natural"] - 1, f"{path}: figure scaled down, its text shrinks: {figure}"
+        n = chapter_number(stem)
+        assert len(m["captions"]) == len(m["figures"])
+        for k, caption in enumerate(m["captions"], start=1):
+            assert caption.startswith(f"Figure {n}.{k}"), f"{path}: caption not numbered Figure {n}.{k}: {caption[:50]}"
+        # "Fig. 3" in the prose always means the paper's figure, and says so.
+        for match in re.finditer(r"\bFigs?\.\s*\d+", m["prose"]):
+            before, after = m["prose"][max(0, match.start() - 40):match.start()], m["prose"][match.end():match.end() + 6]
+            assert "paper's" in before or after.lstrip().startswith("of"), (
+                f"{path}: a figure of the paper not written as 'the paper's Fig. N': ...{before}{match.group(0)}{after}")
+        assert m["hidden_inputs"] >= 3, f"{path}: plotting cells are not behind a toggle"
+        assert "…" not in m["text"].split("Claims")[-1], f"{path}: the claims table cuts statements"
+        assert "Run this book" in m["text"], f"{path}: the chapter does not link the run page"
+        assert "What we found" in m["text"], f"{path}: the chapter has no 'What we found' section"
 
 
 @pytest.mark.book
-def test_scorecard_has_a_row_per_claim_of_every_chapter(built_book):
-    soup = render(built_book, "book/scorecard.html")
-    rows = soup.select("table.kdnb-scorecard tbody tr")
-    assert len(rows) >= len(CHAPTERS)
-    chapters = {row.find("td").get_text(strip=True) for row in rows}
-    assert chapters == set(CHAPTERS)
-    verdicts = [row.find_all("td")[-1].get_text(strip=True) for row in rows]
-    assert all(v.startswith(("reproduced", "not reproduced")) for v in verdicts)
-    assert re.search(r"\d+ of \d+ claims reproduced, profile\s+default", visible_text(soup))
+def test_scorecard_shows_each_chapter_with_its_claims_checks_and_records(built_book):
+    with chromium(width=1280, height=900) as page:
+        open_page(page, "book/scorecard.html")
+        chapters = page.evaluate("""() => Array.from(document.querySelectorAll('section.kdnb-scorecard-chapter'))
+            .map(s => ({title: s.querySelector('h2').textContent, href: s.querySelector('h2 a').getAttribute('href'),
+                        tables: Array.from(s.querySelectorAll('table')).map(t => t.className),
+                        rows: Array.from(s.querySelectorAll('table.kdnb-claim tbody tr')).map(r =>
+                            Array.from(r.querySelectorAll('td')).map(td => td.textContent.trim()))}))""")
+        summary = page.evaluate("() => document.querySelector('.kdnb-scorecard-summary').textContent")
+        mathjax = page.evaluate("() => Array.from(document.scripts).some(s => /mathjax\\/tex-chtml\\.js/.test(s.src))")
+    assert [c["href"] for c in chapters] == [f"../notebooks/{c}.html" for c in CHAPTERS]
+    for k, chapter in enumerate(chapters, start=1):
+        assert re.match(rf"{k}\. \w", chapter["title"]), f"chapter heading without its number: {chapter['title']}"
+        assert "kdnb-claim" in " ".join(chapter["tables"]), f"{chapter['title']}: no claims table"
+        for statement, source, measured, expected, verdict in chapter["rows"]:
+            assert "id " in statement and source and measured and expected, chapter["title"]
+            assert verdict.startswith(("reproduced", "not reproduced")), verdict
+            if verdict.startswith("not reproduced (known)"):
+                assert "Why:" in verdict, f"{chapter['title']}: a known failure without its reason"
+    assert re.search(r"\d+ of \d+ claims of the papers reproduced", summary)
+    assert "consistency checks hold" in summary
+    assert mathjax, "the scorecard does not load MathJax"
+
+
+@pytest.mark.book
+def test_bibliography_is_author_year_with_links(built_book):
+    with chromium() as page:
+        m = open_page(page, "book/bibliography.html")
+        links = page.evaluate("() => Array.from(document.querySelectorAll('article a')).map(a => a.href)")
+    assert "[Hinton et al., 2015]" in m["text"] and "[Ji and Zhu, 2020]" in m["text"], m["text"][:400]
+    assert not re.search(r"\[\d+\]", m["text"]), "numbered bibliography labels"
+    assert any(link.startswith("https://arxiv.org/abs/") for link in links), "no arXiv links"
+
+
+@pytest.mark.book
+def test_site_and_first_load_are_light(built_book):
+    size_mb = sum(p.stat().st_size for p in HTML.rglob("*") if p.is_file()) / 1e6
+    requests: list[str] = []
+    with chromium() as page:
+        m = open_page(page, "book/intro.html", requests)
+    assert m["math"] > 0
+    local = {Path(url.split("?")[0].removeprefix("file://")) for url in requests if url.startswith("file://")}
+    first_load_mb = sum(p.stat().st_size for p in local if p.is_file()) / 1e6
+    (ROOT / "_build" / "weight.json").write_text(json.dumps({"site_mb": round(size_mb, 2),
+                                                             "first_load_mb": round(first_load_mb, 2),
+                                                             "first_load_files": len(local)}))
+    assert size_mb <= SITE_LIMIT_MB, f"the site is {size_mb:.1f} MB (limit {SITE_LIMIT_MB} MB)"
+    assert first_load_mb <= FIRST_LOAD_LIMIT_MB, f"the first page loads {first_load_mb:.2f} MB"
 
 
 @pytest.mark.book
 def test_html_references_no_external_script(built_book):
+    from bs4 import BeautifulSoup
+
     for page in HTML.rglob("*.html"):
         soup = BeautifulSoup(page.read_text(), "html.parser")
         for script in soup.find_all("script"):

@@ -45,23 +45,88 @@ def test_every_notebook_is_in_the_toc_and_named_as_a_chapter():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_stored_without_outputs(path):
-    result = subprocess.run([Path(sys.executable).with_name("nbstripout"), "--verify", path],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, f"{path.name} has outputs or metadata to strip: run nbstripout on it"
+    # jupyterlab-myst saves the results of the prose's inline expressions in the cells' metadata: strip them too.
+    result = subprocess.run([Path(sys.executable).with_name("nbstripout"), "--verify", "--extra-keys",
+                             "cell.metadata.user_expressions", path], capture_output=True, text=True)
+    assert result.returncode == 0, (f"{path.name} has outputs or metadata to strip: run nbstripout --extra-keys "
+                                    "cell.metadata.user_expressions on it")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_structure_parameters_first_and_figure_cells_hidden_in_the_book(path):
+def test_structure_parameters_first_and_claims_last(path):
     cells = code_cells(path)
     tagged = [i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", [])]
     assert tagged == [0], "the first code cell, and only it, is tagged 'parameters'"
     assert re.search(r"^profile = None", source(cells[0]), re.M), "the parameters cell defines profile = None"
     assert "kdnb.start_chapter(" in source(cells[1]), "the cell after the parameters starts the chapter"
-    for c in cells:
-        if "glue_figure(" in source(c):
-            # The book shows the glued figure where the prose puts it; the cell's own copy is for JupyterLab.
-            assert "remove-output" in c["metadata"].get("tags", []), "cells that glue figures must be 'remove-output'"
     assert any("claims.report()" in source(c) for c in cells), "every chapter ends with its claims"
+
+
+def all_cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+FIGURE = re.compile(r"```\{figure\}\s+(\S+)\s*\n((?::[a-z]+:.*\n)*)")
+SAVED = re.compile(r"save_figure\(\s*\w+\s*,\s*[\"']([^\"']+)[\"']")
+QUOTED = re.compile(r"\{eval\}`([^`]*)`")
+ADDED = re.compile(r"prose\.add\(\s*[\"'](\w+)[\"']")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_prose_renders_in_the_book_and_in_jupyterlab(path):
+    """Figures, numbers and references use only what both MyST-NB and jupyterlab-myst render (no glue)."""
+    cells = all_cells(path)
+    text = "\n".join(source(c) for c in cells)
+    assert "glue" not in text, "glue is not rendered by jupyterlab-myst: use {eval}`prose.x` and {figure}"
+    saved, added, names = [], set(), []
+    for c in cells:
+        body = source(c)
+        if c["cell_type"] == "code":
+            tags = c["metadata"].get("tags", [])
+            paths = SAVED.findall(body)
+            if "save_figure(" in body:
+                assert paths, "save_figure must be given its path as a string literal (the {figure} directive's)"
+                assert "hide-input" in tags and "remove-output" not in tags, \
+                    "a cell that draws a figure is tagged hide-input (and shows nothing)"
+            saved += paths
+            added |= set(ADDED.findall(body))
+            continue
+        for expression in QUOTED.findall(body):
+            assert re.fullmatch(r"prose\.[A-Za-z]\w*", expression), f"{{eval}} quotes prose.<name> only: {expression}"
+            assert expression.split(".")[1] in added, f"{expression} is quoted before a cell adds it"
+        for figure, options in FIGURE.findall(body):
+            assert figure in saved, f"{figure} is shown before (or without) a cell that saves it"
+            name = re.search(r":name:\s*(\S+)", options)
+            assert name, f"{figure}: a figure needs a :name: for {{numref}}"
+            names.append(name.group(1))
+    stem = path.stem
+    assert saved and all(p.startswith(f"figures/{stem}/") and p.endswith(".png") for p in saved), saved
+    assert len(saved) == len(set(saved)), "each figure is saved once"
+    shown = [f for c in cells if c["cell_type"] == "markdown" for f, _ in FIGURE.findall(source(c))]
+    assert sorted(shown) == sorted(saved), "every saved figure is shown, once"
+    for name in names:
+        assert f"{{numref}}`{name}`" in text, f"figure {name} is never referenced from the text"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_chapter_opens_links_the_run_page_and_ends_with_findings_then_claims(path):
+    markdown = [source(c) for c in all_cells(path) if c["cell_type"] == "markdown"]
+    title = markdown[0].splitlines()[0]
+    assert re.fullmatch(r"# [A-Z][^0-9].*", title), f"the chapter's title carries no number (the book numbers it): {title}"
+    assert "](../book/run.md)" in markdown[0], "the first cell links Run this book"
+    headings = [line for cell in markdown for line in cell.splitlines() if line.startswith("## ")]
+    assert headings[-2:] == ["## What we found", "## Claims"], f"the chapter ends with its findings, then its claims: {headings[-3:]}"
+    prose = "\n".join(markdown)
+    for match in re.finditer(r"\bFigs?\.\s*\d+", prose):
+        before, after = prose[max(0, match.start() - 40):match.start()], prose[match.end():match.end() + 6]
+        assert "paper's" in before or after.lstrip().startswith("of"), \
+            f"write the paper's figures as 'the paper's Fig. N': ...{before}{match.group(0)}{after}"
+
+
+def test_code_cells_are_formatted_to_the_page_width():
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run([ruff, "format", "--check", *map(str, NOTEBOOKS)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"run `ruff format notebooks/`:\n{result.stdout}{result.stderr}"
 
 
 def execute(path, tmp_path, monkeypatch, **parameters):

@@ -1,23 +1,28 @@
-"""Sphinx extension of the kdnb book: the scorecard table, and HTML with no external scripts.
+"""Sphinx extension of the kdnb book: the scorecard, an author-year bibliography, and a light, offline site.
 
-**Scorecard.** The ``kdnb-scorecard`` directive is a table of every chapter's claims of its paper, with the count of
-those reproduced; with ``:kind: check`` or ``:kind: record`` it is the table of the consistency checks or of the
-records (:mod:`kdnb.core.claims` describes the three kinds). Only claims are counted as reproduced or not.
+**Scorecard.** The ``kdnb-scorecard`` directive shows, chapter by chapter (by number and title, linked), the chapter's
+claims of its paper, then its consistency checks and its records, in the tables of
+:func:`kdnb.core.claims.entries_html` (:mod:`kdnb.core.claims` describes the three kinds). Only claims are counted as
+reproduced or not. Chapters are executed while Sphinx *reads* the sources, and each writes its claims to the claims
+directory, so the directive leaves a placeholder that is filled in ``doctree-resolved`` (the write phase), and the
+scorecard page is re-read on every build. A chapter in the table of contents with no saved claims is a build warning
+(an error under ``-W``). The page loads MathJax, since statements may hold inline math.
 
-Chapters are executed while Sphinx *reads* the sources, and each writes its claims to the claims directory
-(:mod:`kdnb.core.claims`). The table must therefore be filled after every chapter has been read, so the directive leaves a
-placeholder that is replaced in ``doctree-resolved`` (the write phase), and the scorecard page is re-read on every
-build so that it is also re-written. A chapter in the table of contents with no saved claims is a build warning
-(an error under ``-W``).
+**Bibliography.** Text citations are author-year (``bibtex_reference_style: author_year``); the style ``kdnb``
+labels the bibliography's entries the same way ("Hinton et al., 2015"), sorts them by author and year, and links
+arXiv identifiers and DOIs.
 
-**Offline HTML.** Jupyter Book always loads sphinx-thebe, which writes the address of thebe on unpkg.com into every
-page (fetched only when a reader clicks "live code", which this book does not offer). The book must work with no
-network and reference no external scripts, so thebe's scripts are dropped from every page.
+**Offline and light.** Jupyter Book always loads sphinx-thebe, which writes the address of thebe on unpkg.com into
+every page; its scripts are dropped. After the build, only what pages load is kept: MathJax's ``tex-chtml.js`` with
+its CHTML fonts and the TeX extensions it autoloads (sphinx-mathjax-offline copies the whole 24 MB distribution), and
+the theme's icons as the web fonts its stylesheet already declares (its 1.5 MB icon script is removed, and the
+TrueType copies of those fonts, which browsers that read WOFF2 never fetch); source maps go.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,18 +39,20 @@ class scorecard_placeholder(nodes.General, nodes.Element):
 
 
 KINDS = ("claim", "check", "record")
+MATH_MARKER = "kdnb-needs-mathjax"
 
 
 class ScorecardDirective(SphinxDirective):
-    """``{kdnb-scorecard}``: the table of every chapter's claims; ``:kind: check`` or ``:kind: record`` for the
-    consistency checks or the records instead."""
+    """``{kdnb-scorecard}``: every chapter's claims, checks and records, chapter by chapter."""
 
     has_content = False
-    option_spec: ClassVar[dict] = {"kind": lambda value: directives.choice(value, KINDS)}
+    option_spec: ClassVar[dict] = {}
 
     def run(self):
         self.env.kdnb_scorecard_docs = getattr(self.env, "kdnb_scorecard_docs", set()) | {self.env.docname}
-        return [scorecard_placeholder(kind=self.options.get("kind", "claim"))]
+        # An empty math node makes Sphinx load MathJax on this page; it is removed before the page is written.
+        marker = nodes.math("", "", classes=[MATH_MARKER])
+        return [scorecard_placeholder(), nodes.paragraph("", "", marker)]
 
 
 def _always_reread(app, env, added, changed, removed):
@@ -53,44 +60,62 @@ def _always_reread(app, env, added, changed, removed):
 
 
 def _chapters(app) -> list[str]:
-    """Notebook chapters that the build includes, by stem (e.g. ``01_distillation_basics``)."""
-    return sorted(Path(d).name for d in app.env.found_docs if d.startswith("notebooks/"))
+    """Notebook chapters that the build includes, by docname (e.g. ``notebooks/01_distillation_basics``)."""
+    return sorted(d for d in app.env.found_docs if d.startswith("notebooks/"))
 
 
-def _verdict_cell(c) -> str:
-    if c.kind == "record":
-        css = "recorded"
-    else:
-        css = "pass" if c.verdict.startswith(("reproduced", "holds")) else "fail"
-    return f'<span class="kdnb-verdict-{css}">{html.escape(c.verdict)}</span>'
+def _chapter_heading(app, fromdoc: str, docname: str) -> str:
+    title = app.env.titles[docname].astext() if docname in app.env.titles else Path(docname).name
+    number = app.env.toc_secnumbers.get(docname, {}).get("")
+    prefix = ".".join(map(str, number)) + ". " if number else ""
+    uri = app.builder.get_relative_uri(fromdoc, docname)
+    return f'<a href="{html.escape(uri)}">{html.escape(prefix + title)}</a>'
 
 
-def _table(entries, kind: str) -> str:
-    """One HTML table of the entries of one kind; the claims' table keeps the verdict in the last column."""
-    if kind == "claim":
-        head = ["chapter", "claim", "paper's statement", "source", "threshold", "measured", "expected",
-                "known failure", "verdict"]
-    elif kind == "check":
-        head = ["chapter", "check", "statement", "source", "threshold", "measured", "expected", "verdict"]
-    else:
-        head = ["chapter", "record", "statement", "source", "measured", "reference", "verdict"]
-    rows = []
+def _counts(entries) -> tuple[int, int, int, int, int]:
+    claims = [c for c in entries if c.kind == "claim"]
+    checks = [c for c in entries if c.kind == "check"]
+    return (sum(c.verdict.startswith("reproduced") for c in claims), len(claims),
+            sum(c.verdict == "holds" for c in checks), len(checks), sum(c.kind == "record" for c in entries))
+
+
+def _scorecard_html(app, docname: str, entries, profile: str) -> str:
+    from kdnb.core.claims import entries_html
+
+    by_chapter: dict[str, list] = {}
     for c in entries:
-        cells = [f'<a href="../notebooks/{c.chapter}.html">{html.escape(c.chapter)}</a>', html.escape(c.id),
-                 html.escape(c.statement), html.escape(c.source or "—")]
-        if kind != "record":
-            cells.append(html.escape(c.threshold or "—"))
-        cells += [html.escape(c.measured_text), html.escape(c.expected)]
-        if kind == "claim":
-            cells.append(html.escape(c.known_failure or ""))
-        cells.append(_verdict_cell(c))
-        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
-    css = {"claim": "kdnb-scorecard", "check": "kdnb-checks", "record": "kdnb-records"}[kind]
-    return (f'<table class="table {css}"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        by_chapter.setdefault(c.chapter, []).append(c)
+    n_ok, n_claims, n_hold, n_checks, n_records = _counts(entries)
+    parts = [
+        f'<p class="kdnb-scorecard-summary"><strong>{n_ok} of {n_claims} claims of the papers reproduced</strong> '
+        f"in this build (profile <code>{html.escape(profile)}</code>). Apart from the claims, "
+        f"{n_hold} of {n_checks} consistency checks hold and {n_records} values are recorded.</p>",
+        '<div class="kdnb-table-wrap"><table class="table kdnb-scorecard-summary-table"><thead><tr><th>chapter</th>'
+        "<th>claims reproduced</th><th>checks hold</th><th>records</th></tr></thead><tbody>",
+    ]
+    chapters = [d for d in _chapters(app) if Path(d).name in by_chapter]
+    for doc in chapters:
+        ok, total, hold, checks, records = _counts(by_chapter[Path(doc).name])
+        parts.append(f"<tr><td>{_chapter_heading(app, docname, doc)}</td><td>{ok} of {total}</td>"
+                     f"<td>{hold} of {checks}</td><td>{records}</td></tr>")
+    parts.append("</tbody></table></div>")
+    titles = {"claim": "Claims of the paper", "check": "Consistency checks", "record": "Records"}
+    for doc in chapters:
+        stem = Path(doc).name
+        parts.append(f'<section class="kdnb-scorecard-chapter" id="scorecard-{html.escape(stem)}">'
+                     f"<h2>{_chapter_heading(app, docname, doc)}</h2>")
+        for kind in KINDS:
+            table = entries_html(by_chapter[stem], kind)
+            if table:
+                parts.append(f"<h3>{titles[kind]}</h3>{table}")
+        parts.append("</section>")
+    return "".join(parts)
 
 
 def _fill(app, doctree, docname):
+    for marker in list(doctree.findall(nodes.math)):
+        if MATH_MARKER in marker.get("classes", []):
+            marker.parent.remove(marker)
     placeholders = list(doctree.findall(scorecard_placeholder))
     if not placeholders:
         return
@@ -101,39 +126,104 @@ def _fill(app, doctree, docname):
     folder = claims_directory(app.srcdir)
     entries = load_claims(folder, profile=profile)
     present = {c.chapter for c in entries}
-    for chapter in _chapters(app):
-        if chapter not in present:
-            logger.warning(f"kdnb scorecard: no claims saved for chapter {chapter!r} at profile {profile!r} in {folder}")
-    by_kind = {kind: [c for c in entries if c.kind == kind] for kind in KINDS}
-    claims, checks = by_kind["claim"], by_kind["check"]
-    n_ok = sum(c.verdict.startswith("reproduced") for c in claims)
-    n_hold = sum(c.verdict == "holds" for c in checks)
-    summary = (
-        f'<p class="kdnb-scorecard-summary">{n_ok} of {len(claims)} claims reproduced, profile '
-        f"<code>{html.escape(profile)}</code>. {n_hold} of {len(checks)} consistency checks hold; "
-        f"{len(by_kind['record'])} values recorded.</p>"
-    )
+    for doc in _chapters(app):
+        if Path(doc).name not in present:
+            logger.warning(f"kdnb scorecard: no claims saved for chapter {Path(doc).name!r} at profile {profile!r} "
+                           f"in {folder}")
+    body = _scorecard_html(app, docname, entries, profile)
     for node in placeholders:
-        kind = node.get("kind", "claim")
-        body = _table(by_kind[kind], kind)
-        node.replace_self(nodes.raw("", (summary + body) if kind == "claim" else body, format="html"))
+        node.replace_self(nodes.raw("", body, format="html"))
 
 
 def _drop_thebe(app, pagename, templatename, context, doctree):
     scripts = context.get("script_files")
     if not scripts:
         return
+
     def is_thebe(js) -> bool:
         name = str(getattr(js, "filename", js) or "")
         body = str(getattr(js, "attributes", {}).get("body", ""))
         return "thebe" in name or "THEBE_JS_URL" in body
+
     context["script_files"] = [js for js in scripts if not is_thebe(js)]
 
 
+# What pages load of MathJax 3 (tex-chtml.js): the combined file, its CHTML web fonts, and the TeX packages it
+# autoloads when a page uses their macros. Paths are relative to _static/mathjax.
+MATHJAX_KEEP = ("tex-chtml.js", "output/chtml/fonts/woff-v2/", "input/tex/extensions/")
+ICON_SCRIPT = re.compile(r'\s*<(?:script defer src|link rel="preload" as="script" href)="[^"]*scripts/fontawesome\.js'
+                         r'[^"]*"\s*/?>(?:</script>)?')
+
+
+def _lighten(app, exception):
+    """After a successful HTML build: keep only what pages load (see the module docstring)."""
+    if exception is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir)
+    mathjax = out / "_static" / "mathjax"
+    if mathjax.is_dir():
+        for path in sorted(mathjax.rglob("*"), reverse=True):
+            rel = path.relative_to(mathjax).as_posix()
+            if path.is_file() and not any(rel == keep or rel.startswith(keep) for keep in MATHJAX_KEEP):
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    static = out / "_static"
+    for pattern in ("scripts/fontawesome.js*", "**/*.map", "vendor/fontawesome/webfonts/*.ttf"):
+        for path in static.glob(pattern):
+            path.unlink()
+    for page in out.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        lighter = ICON_SCRIPT.sub("", text)
+        if lighter != text:
+            page.write_text(lighter, encoding="utf-8")
+
+
+def _register_bibliography_style():
+    """Register the pybtex style ``kdnb``: unsrt's entries, labelled and sorted by author and year."""
+    from pybtex.plugin import register_plugin
+    from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+    from pybtex.style.labels import BaseLabelStyle
+
+    class AuthorYearLabels(BaseLabelStyle):
+        """Labels as the text cites: "Hinton et al., 2015", "Ji and Zhu, 2020", "Cho and Saul, 2009"."""
+
+        def format_labels(self, sorted_entries):
+            for entry in sorted_entries:
+                people = entry.persons.get("author") or entry.persons.get("editor") or []
+                surnames = [" ".join(p.last_names).replace("{", "").replace("}", "") for p in people]
+                if len(surnames) > 2:
+                    who = f"{surnames[0]} et al."
+                elif len(surnames) == 2:
+                    who = f"{surnames[0]} and {surnames[1]}"
+                else:
+                    who = surnames[0] if surnames else entry.key
+                yield f"{_latex_to_text(who)}, {entry.fields.get('year', 'n.d.')}"
+
+    class KdnbStyle(UnsrtStyle):
+        default_label_style = "kdnb_author_year"
+        default_sorting_style = "author_year_title"
+
+    register_plugin("pybtex.style.labels", "kdnb_author_year", AuthorYearLabels)
+    register_plugin("pybtex.style.formatting", "kdnb", KdnbStyle)
+
+
+def _latex_to_text(text: str) -> str:
+    from pybtex.richtext import Text
+    from pybtex.markup import LaTeXParser
+
+    try:
+        return LaTeXParser(text).parse().render_as("text")
+    except Exception:  # noqa: BLE001 -- a label must never break the build; fall back to the raw text
+        return str(Text(text))
+
+
 def setup(app):
+    _register_bibliography_style()
     app.add_node(scorecard_placeholder)
     app.add_directive("kdnb-scorecard", ScorecardDirective)
     app.connect("env-get-outdated", _always_reread)
     app.connect("doctree-resolved", _fill)
     app.connect("html-page-context", _drop_thebe)
-    return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
+    app.connect("build-finished", _lighten, priority=900)  # after sphinx-mathjax-offline has copied MathJax
+    return {"version": "0.2", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -53,7 +53,16 @@ import numpy as np
 
 from .runtime import PROFILES, Chapter, resolve_profile
 
-__all__ = ["Claim", "ClaimError", "ClaimSet", "bootstrap_interval", "claims_directory", "load_claims"]
+__all__ = [
+    "Claim",
+    "ClaimError",
+    "ClaimReport",
+    "ClaimSet",
+    "bootstrap_interval",
+    "claims_directory",
+    "entries_html",
+    "load_claims",
+]
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -588,17 +597,7 @@ class ClaimSet:
             Indexed by (kind, id), with columns statement, source, threshold, measured (with the 95% interval for
             samples), expected (for a record, its reference range, if any) and verdict.
         """
-        import pandas as pd
-
-        names = {"claim": "claim of the paper", "check": "consistency check", "record": "record (not asserted)"}
-        ordered = sorted(self.claims, key=lambda c: KINDS.index(c.kind))
-        rows = [{"kind": names[c.kind], "id": c.id, "statement": c.statement, "source": c.source,
-                 "threshold": c.threshold or "—", "measured": c.measured_text,
-                 "expected": (f"reference {c.expected}" if c.expected != "—" else "—") if c.kind == "record"
-                 else c.expected,
-                 "verdict": c.verdict} for c in ordered]
-        columns = ["kind", "id", "statement", "source", "threshold", "measured", "expected", "verdict"]
-        return pd.DataFrame(rows, columns=columns).set_index(["kind", "id"])
+        return _entries_table(self.claims)
 
     def save(self) -> Path:
         """Write ``<directory>/<chapter>.<profile>.json`` atomically.
@@ -626,8 +625,9 @@ class ClaimSet:
 
         Returns
         -------
-        pandas.DataFrame
-            :meth:`table`, so that the last line of a notebook cell displays it.
+        ClaimReport
+            The entries, shown whole (no statement is cut) as one HTML table per kind when it is the last line of a
+            notebook cell; its ``table()`` is :meth:`table`.
 
         Raises
         ------
@@ -646,7 +646,166 @@ class ClaimSet:
                                   if (n := sum(c.kind == kind for c in failed)))
             lines = "\n".join(f"  {c.kind} {c.id}: measured {c.measured_text}, expected {c.expected}" for c in failed)
             raise ClaimError(f"{counts} of {self.chapter} failed at profile {self.profile!r}:\n{lines}")
-        return self.table()
+        return ClaimReport(list(self.claims), self.profile)
+
+
+def _entries_table(entries):
+    import pandas as pd
+
+    names = {"claim": "claim of the paper", "check": "consistency check", "record": "record (not asserted)"}
+    ordered = sorted(entries, key=lambda c: KINDS.index(c.kind))
+    rows = [{"kind": names[c.kind], "id": c.id, "statement": c.statement, "source": c.source,
+             "threshold": c.threshold or "—", "measured": c.measured_text,
+             "expected": (f"reference {c.expected}" if c.expected != "—" else "—") if c.kind == "record"
+             else c.expected,
+             "verdict": c.verdict} for c in ordered]
+    columns = ["kind", "id", "statement", "source", "threshold", "measured", "expected", "verdict"]
+    return pd.DataFrame(rows, columns=columns).set_index(["kind", "id"])
+
+
+KIND_TITLES = {"claim": "Claims of the paper", "check": "Consistency checks", "record": "Records (not asserted)"}
+
+
+def _html_text(text: str) -> str:
+    """Escape ``text`` for HTML, keeping ``$...$`` spans as inline math for MathJax (``\\(...\\)`` in a ``math``
+    span, the markup Sphinx's MathJax set-up typesets)."""
+    import html
+    import re
+
+    parts = re.split(r"(?<!\\)\$(.+?)(?<!\\)\$", text or "")
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f'<span class="math notranslate nohighlight">\\({html.escape(part)}\\)</span>')
+        else:
+            out.append(html.escape(part))
+    return "".join(out)
+
+
+def _measured_html(c: Claim) -> str:
+    if isinstance(c.measured, bool):
+        return "yes" if c.measured else "no"
+    text = f"{c.measured:.4g}"
+    if c.interval is not None:
+        n = f", {c.n_samples} repeats" if c.n_samples else ""
+        text += (f'<br><span class="kdnb-interval">mean; 95% interval '
+                 f"[{c.interval[0]:.4g}, {c.interval[1]:.4g}]{n}</span>")
+    return text
+
+
+def _verdict_html(c: Claim) -> str:
+    import html
+
+    if c.kind == "record":
+        css = "recorded"
+    else:
+        css = "pass" if c.verdict.startswith(("reproduced", "holds")) else "fail"
+    out = f'<span class="kdnb-verdict-{css}">{html.escape(c.verdict)}</span>'
+    if c.known_failure:
+        out += f'<div class="kdnb-reason"><em>Why:</em> {_html_text(c.known_failure)}</div>'
+    return out
+
+
+def entries_html(entries: Sequence[Claim], kind: str) -> str:
+    """One HTML table of the entries of one kind, every text whole (nothing is cut).
+
+    Columns: the statement (with the entry's id below it, the name the chapter's code gives it), its source, the
+    measured value (for per-repeat samples: the mean, its 95% bootstrap interval and the number of repeats), the
+    expected range with where its threshold comes from (for a record: its reference range, never asserted), and the
+    verdict, with the reason of a known failure. ``$...$`` in a text is inline math.
+
+    Parameters
+    ----------
+    entries : sequence of Claim
+        The entries; those of other kinds are left out.
+    kind : {"claim", "check", "record"}
+        Which kind to tabulate.
+
+    Returns
+    -------
+    str
+        A ``<table>`` with classes ``kdnb-claims`` and ``kdnb-<kind>``, or ``""`` when no entry is of that kind.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is not one of the three kinds.
+    """
+    import html
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    chosen = [c for c in entries if c.kind == kind]
+    if not chosen:
+        return ""
+    expected_head = "reference" if kind == "record" else "expected (threshold)"
+    head = ["statement", "source", "measured", expected_head, "verdict"]
+    rows = []
+    for c in chosen:
+        expected = html.escape(c.expected)
+        if kind != "record" and c.threshold:
+            expected += f'<br><span class="kdnb-threshold">{html.escape(c.threshold)}</span>'
+        cells = [
+            f'{_html_text(c.statement)}<div class="kdnb-id">id <code>{html.escape(c.id)}</code></div>',
+            _html_text(c.source or "—"),
+            _measured_html(c),
+            expected,
+            _verdict_html(c),
+        ]
+        rows.append(f'<tr id="{html.escape(c.chapter)}-{html.escape(c.id)}">'
+                    + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    return (f'<div class="kdnb-table-wrap"><table class="table kdnb-claims kdnb-{kind}"><thead><tr>'
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table></div>")
+
+
+class ClaimReport:
+    """What :meth:`ClaimSet.report` returns: a chapter's entries, displayed whole in a notebook.
+
+    In Jupyter (and in the book) it shows one HTML table per kind (:func:`entries_html`): claims, then consistency
+    checks, then records. ``table()`` gives the same entries as a pandas DataFrame.
+
+    Parameters
+    ----------
+    entries : list of Claim
+        The chapter's entries, in the order they were recorded.
+    profile : str
+        The profile the chapter ran at.
+    """
+
+    def __init__(self, entries: list[Claim], profile: str):
+        self.entries = list(entries)
+        self.profile = profile
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def table(self):
+        """The entries as a DataFrame (see :meth:`ClaimSet.table`).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by (kind, id).
+        """
+        return _entries_table(self.entries)
+
+    def _repr_html_(self) -> str:
+        claims = [c for c in self.entries if c.kind == "claim"]
+        n_ok = sum(c.verdict.startswith(REPRODUCED) for c in claims)
+        parts = [f'<p class="kdnb-claims-summary">Profile <code>{self.profile}</code>: {n_ok} of {len(claims)} '
+                 "claims reproduced.</p>"]
+        for kind in KINDS:
+            body = entries_html(self.entries, kind)
+            if body:
+                parts.append(f"<p><strong>{KIND_TITLES[kind]}</strong></p>{body}")
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        lines = []
+        for c in sorted(self.entries, key=lambda c: KINDS.index(c.kind)):
+            lines.append(f"[{c.kind}] {c.id}: {c.verdict}; measured {c.measured_text}, expected {c.expected}")
+        return "\n".join(lines)
 
 
 def load_claims(directory: Path | str | None = None, profile: str = "default") -> list[Claim]:

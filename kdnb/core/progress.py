@@ -2,11 +2,14 @@
 
 Every progress bar in kdnb comes from :func:`progress_bar`. By default (``enabled=None``) a bar is drawn in a Jupyter
 kernel (JupyterLab, the classic notebook, VS Code) and when standard error is a terminal; run from a script whose
-output goes to a file or a log, kdnb writes nothing. ``enabled=True`` or ``False`` forces the choice.
+output goes to a file or a log, kdnb writes nothing. ``enabled=True`` or ``False`` forces the choice. The environment
+variable ``KDNB_PROGRESS=0`` turns the default off everywhere: the book's build sets it, since nobody watches the
+kernels that execute its chapters (and a widget saved in a page would need scripts from the network).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 
@@ -63,8 +66,9 @@ def progress_enabled(enabled: bool | None = None, name: str = "enabled") -> bool
     Parameters
     ----------
     enabled : bool or None, default None
-        ``True`` or ``False`` (a numpy bool too) forces the answer; ``None``: True in a Jupyter kernel
-        (:func:`in_jupyter_kernel`) or when standard error is a terminal (:func:`stderr_is_terminal`).
+        ``True`` or ``False`` (a numpy bool too) forces the answer; ``None``: False when the environment variable
+        ``KDNB_PROGRESS`` is ``0``, else True in a Jupyter kernel (:func:`in_jupyter_kernel`) or when standard error is
+        a terminal (:func:`stderr_is_terminal`).
     name : str, default "enabled"
         The argument's name in the caller (e.g. ``"progress"``), used in the error message.
 
@@ -79,6 +83,8 @@ def progress_enabled(enabled: bool | None = None, name: str = "enabled") -> bool
         If ``enabled`` is neither None nor a bool.
     """
     if enabled is None:
+        if os.environ.get("KDNB_PROGRESS", "").strip() == "0":
+            return False
         return in_jupyter_kernel() or stderr_is_terminal()
     return check_bool(enabled, name)
 

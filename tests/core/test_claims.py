@@ -53,7 +53,7 @@ def test_records_are_shown_never_asserted(tmp_path):
     assert {outside.verdict, bare.verdict, inside.verdict} == {"recorded"}
     assert (outside.holds, bare.holds, inside.holds) == (False, None, True)
     assert (outside.expected, bare.expected, outside.threshold) == ("≥ 10", "—", None)
-    table = claims.report()  # a record outside its reference range does not raise, even at "full"
+    table = claims.report().table()  # a record outside its reference range does not raise, even at "full"
     assert list(table["verdict"]) == ["recorded"] * 3
     assert table.loc[("record (not asserted)", "outside"), "expected"] == "reference ≥ 10"
 
@@ -369,3 +369,27 @@ def test_non_finite_records_are_written_as_python_json_tokens(tmp_path):
         json.loads(text, parse_constant=lambda token: (_ for _ in ()).throw(ValueError(token)))  # not strict JSON
     nan, inf, finite = load_claims(tmp_path, "default")
     assert np.isnan(nan.measured) and inf.measured == float("inf") and finite.measured == 0.1
+
+
+def test_report_shows_every_entry_whole_with_intervals_and_reasons(tmp_path):
+    from kdnb.core.claims import entries_html
+
+    long_statement = "A statement far longer than any column width, " * 6 + "ending here."
+    claims = ClaimSet("ch", profile="default", directory=tmp_path)
+    claim(claims, "known", 0.1, low=0.5, known_failure="too small here")
+    claims.claim("long", long_statement, [0.6, 0.7, 0.8], low=0.5, source="Fig. 2", threshold="paper")
+    claims.check("math", "the identity $\\|x\\|_2 = 1$ holds", 0.0, high=1e-9, **SRC)
+    claims.record("rec", "s <b>", 0.3, **SRC)
+    report = claims.report()
+    html = report._repr_html_()
+    assert long_statement in html and "…" not in html  # nothing cut
+    assert "1 of 2 claims reproduced" in html
+    assert html.index("Claims of the paper") < html.index("Consistency checks") < html.index("Records")
+    assert "too small here" in html and "95% interval" in html and "3 repeats" in html
+    assert '<span class="math notranslate nohighlight">\\(\\|x\\|_2 = 1\\)</span>' in html
+    assert "s &lt;b&gt;" in html  # text is escaped
+    assert "known:" in repr(report).replace("[claim] known:", "known:")
+    assert entries_html(report.entries, "record").count("<tr id=") == 1
+    assert entries_html([], "claim") == ""
+    with pytest.raises(ValueError, match="kind must be one of"):
+        entries_html(report.entries, "claims")

@@ -151,3 +151,13 @@ def test_fit_and_sweep_are_silent_in_a_log_unless_forced(tmp_path):
     for desc in ("forced fit", "forced fit classifier", "forced sweep"):
         assert desc in forced
     assert "loss=" in forced  # fit's postfix
+
+
+def test_kdnb_progress_0_turns_the_default_off_but_not_an_explicit_choice(monkeypatch):
+    monkeypatch.setattr("kdnb.core.progress.stderr_is_terminal", lambda: True)
+    assert progress_enabled(None)
+    monkeypatch.setenv("KDNB_PROGRESS", "0")
+    assert not progress_enabled(None)
+    assert progress_enabled(True)
+    monkeypatch.setenv("KDNB_PROGRESS", "1")
+    assert progress_enabled(None)
