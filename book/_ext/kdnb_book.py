@@ -16,7 +16,8 @@ arXiv identifiers and DOIs.
 every page; its scripts are dropped. After the build, only what pages load is kept: MathJax's ``tex-chtml.js`` with
 its CHTML fonts and the TeX extensions it autoloads (sphinx-mathjax-offline copies the whole 24 MB distribution), and
 the theme's icons as the web fonts its stylesheet already declares (its 1.5 MB icon script is removed, and the
-TrueType copies of those fonts, which browsers that read WOFF2 never fetch); source maps go.
+TrueType copies of those fonts, which browsers that read WOFF2 never fetch, and the glyphs of icons no page
+uses); source maps go, and so does sphinx-design's stylesheet when no page uses its components.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ def _drop_thebe(app, pagename, templatename, context, doctree):
 MATHJAX_KEEP = ("tex-chtml.js", "output/chtml/fonts/woff-v2/", "input/tex/extensions/")
 ICON_SCRIPT = re.compile(r'\s*<(?:script defer src|link rel="preload" as="script" href)="[^"]*scripts/fontawesome\.js'
                          r'[^"]*"\s*/?>(?:</script>)?')
+# sphinx-design's stylesheet, loaded by every page of a Jupyter Book; dropped when no page uses its components.
+DESIGN_CSS = re.compile(r'\s*<link rel="stylesheet"[^>]*href="[^"]*sphinx-design\.min\.css[^"]*"\s*/?>')
 
 
 def _lighten(app, exception):
@@ -172,11 +175,53 @@ def _lighten(app, exception):
     for pattern in ("scripts/fontawesome.js*", "**/*.map", "vendor/fontawesome/webfonts/*.ttf"):
         for path in static.glob(pattern):
             path.unlink()
-    for page in out.rglob("*.html"):
-        text = page.read_text(encoding="utf-8")
+    _subset_icon_fonts(out)
+    pages = {page: page.read_text(encoding="utf-8") for page in out.rglob("*.html")}
+    uses_design = any(re.search(r'class="[^"]*\bsd-', text) for text in pages.values())
+    if not uses_design:
+        for path in static.glob("sphinx-design.min.css"):
+            path.unlink()
+    for page, text in pages.items():
         lighter = ICON_SCRIPT.sub("", text)
+        if not uses_design:
+            lighter = DESIGN_CSS.sub("", lighter)
         if lighter != text:
             page.write_text(lighter, encoding="utf-8")
+
+
+ICON_RULE = re.compile(r'([^{}]+)\{content:"\\([0-9a-f]{4,5})"\}')
+
+
+def _subset_icon_fonts(out: Path) -> None:
+    """Cut the theme's Font Awesome web fonts down to the icons that the site names (in its HTML and scripts).
+
+    The theme's stylesheet maps each icon class to a code point (``.fa-bars:before{content:"\\f0c9"}``); the fonts
+    keep the glyphs of the classes that appear anywhere in the pages or their scripts, about 15 of some 2,000.
+    """
+    from fontTools import subset
+
+    static = out / "_static"
+    css = "".join(p.read_text(encoding="utf-8") for p in static.rglob("pydata-sphinx-theme.css"))
+    used_text = "".join(p.read_text(encoding="utf-8", errors="ignore")
+                        for pattern in ("**/*.html", "_static/**/*.js") for p in out.glob(pattern)
+                        if "mathjax" not in p.parts)
+    used = set(re.findall(r"\bfa-[a-z0-9-]+", used_text))
+    codepoints = set()
+    for selectors, code in ICON_RULE.findall(css):
+        names = set(re.findall(r"\.(fa-[a-z0-9-]+):{1,2}before", selectors))
+        if names & used:
+            codepoints.add(int(code, 16))
+    if not codepoints:
+        return
+    for font in static.glob("vendor/fontawesome/webfonts/*.woff2"):
+        options = subset.Options()
+        options.flavor = "woff2"
+        options.layout_features = ["*"]
+        loaded = subset.load_font(str(font), options)
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(unicodes=sorted(codepoints))
+        subsetter.subset(loaded)
+        subset.save_font(loaded, str(font), options)
 
 
 def _register_bibliography_style():

@@ -41,9 +41,9 @@ __all__ = [
 ]
 
 PALETTE = "colorblind"
-#: Width in CSS pixels of the book's content column (sphinx-book-theme at a 1280-pixel window); a figure at most this
+#: Width in CSS pixels of the book's content column (784 px at a 1280-pixel window, book/_static/kdnb.css), less a margin; a figure at most this
 #: wide is shown at its own size, so its fonts keep their size.
-COLUMN_WIDTH_PX = 800
+COLUMN_WIDTH_PX = 780
 #: Resolution of saved figures: 100 pixels per inch, so a 6.4-inch figure is 640 pixels wide on the page.
 FIGURE_DPI = 100
 #: Smallest text allowed on a figure, in CSS points (12 CSS pixels) at the size the page shows it.

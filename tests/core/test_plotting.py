@@ -68,7 +68,7 @@ def test_a_figure_wider_than_the_column_is_refused():
     use_style()
     fig, _ = labelled(fig_size=(11, 4))
     problems = figure_problems(fig)
-    assert any("wider than the book's 800-px column" in p for p in problems)
+    assert any("wider than the book's 780-px column" in p for p in problems)
     assert figure_problems(fig, column_width_px=1200) == []
     plt.close(fig)
 
