@@ -117,10 +117,17 @@ def test_chapter_renders_in_jupyterlab_after_run_all(lab, chapter):
     assert quoted and n_figures, f"{chapter}: expected quoted numbers and figures in the prose"
 
     with chromium(width=1280, height=1000) as page:
-        page.goto(f"{lab['url']}/lab/tree/notebooks/{chapter}?token={lab['token']}")
-        page.wait_for_selector(".jp-Notebook .jp-MarkdownCell .myst", timeout=120_000)
-        page.wait_for_function("() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel"
-                               "?.status === 'idle'", timeout=120_000)
+        # A workspace of its own, so that JupyterLab does not reopen the chapters of earlier tests beside this one.
+        workspace = Path(chapter).stem.replace("_", "-")
+        page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/notebooks/{chapter}?reset&token={lab['token']}")
+        page.wait_for_function(f"""() => {{
+          const panel = window.jupyterapp?.shell.currentWidget;
+          return panel?.context?.path === "notebooks/{chapter}"
+                 && panel.node.querySelector(".jp-MarkdownCell .myst") !== null
+                 && panel.sessionContext?.session?.kernel?.status === "idle";
+        }}""", timeout=120_000)
+        open_paths = page.evaluate("() => Array.from(window.jupyterapp.shell.widgets('main')).map(w => w.context?.path)")
+        assert open_paths == [f"notebooks/{chapter}"], f"other documents are open beside the chapter: {open_paths}"
         # jupyterlab-myst evaluates the prose's inline expressions as soon as a kernel is up and stores the results in
         # the cells' metadata ("user_expressions"), which JupyterLab counts as a modification. Nothing else may change:
         # the cells, their sources and their tags are the file's.
@@ -137,19 +144,24 @@ def test_chapter_renders_in_jupyterlab_after_run_all(lab, chapter):
         values = json.loads(page.evaluate(KERNEL_EVAL, "import json; print(json.dumps({k: repr(getattr(prose, k)) "
                                                        f"for k in {quoted!r}}}))"))
         # jupyterlab-myst renders a markdown cell into a ".myst" widget; the cell's hidden editor holds the source.
-        rendered = page.evaluate("""() => Array.from(document.querySelectorAll('.jp-MarkdownCell .myst'))
-                                    .map(e => e.textContent).join('\\n')""")
-        images = page.evaluate("""() => Array.from(document.querySelectorAll('.jp-MarkdownCell img'))
-                                  .map(i => ({src: i.getAttribute('src'), w: i.naturalWidth}))""")
-        stderr = page.evaluate("""() => document.querySelectorAll(
-                                  '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length""")
+        # Everything is read off this chapter's panel only.
+        panel = "window.jupyterapp.shell.currentWidget.node"
+        rendered = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell .myst'))
+                                     .map(e => e.textContent).join('\\n')""")
+        images = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell img'))
+                                   .map(i => ({{src: i.getAttribute('src'), w: i.naturalWidth}}))""")
+        stderr = page.evaluate(f"""() => {panel}.querySelectorAll(
+                                   '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length""")
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"lab-{Path(chapter).stem}.png"), full_page=False)
+        # The next chapter gets the CPUs to itself.
+        page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
 
     raw = sorted(set(m.group(0) for m in RAW_MARKUP.finditer(rendered)))
     assert not raw, f"{chapter}: raw MyST markup left in the rendered prose: {raw}"
     missing = {name: text for name, text in values.items() if text not in rendered}
     assert not missing, f"{chapter}: quoted numbers not shown in the prose: {missing}"
-    assert re.search(r"\bFigure \d+\b", rendered), f"{chapter}: no resolved figure reference"
+    # jupyterlab-myst writes "Figure&nbsp;3": \s matches the no-break space.
+    assert re.search(r"\bFigure\s\d+\b", rendered), f"{chapter}: no resolved figure reference"
     assert len(images) >= n_figures and all(i["w"] > 0 for i in images), f"{chapter}: figures not loaded: {images}"
     assert stderr == 0, f"{chapter}: {stderr} standard-error outputs (progress bars?) left in the notebook"
