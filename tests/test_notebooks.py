@@ -123,6 +123,51 @@ def test_chapter_opens_links_the_run_page_and_ends_with_findings_then_claims(pat
             f"write the paper's figures as 'the paper's Fig. N': ...{before}{match.group(0)}{after}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_code_cell_ends_with_a_semicolon(path):
+    """A trailing ``;`` silences every {eval} until the next code cell in the book build.
+
+    MyST-NB evaluates an expression with ``store_history=False``, and IPython's display hook then decides whether to
+    stay quiet from the last *stored* input, the previous code cell: if that ends in ``;`` the expression returns no
+    output and the build fails with "does not return any outputs".
+    """
+    for index, cell in enumerate(all_cells(path)):
+        if cell["cell_type"] != "code":
+            continue
+        lines = [line.split("#")[0].rstrip() for line in source(cell).splitlines()]
+        code = [line for line in lines if line]
+        assert not (code and code[-1].endswith(";")), \
+            f"cell {index} ends with ';' (write `_ = ...` instead): {code[-1]!r}"
+
+
+PLACEHOLDER = re.compile(r"\b(DRAFT|TODO|TBD|FIXME|XXX)\b")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_what_we_found_reports_findings_and_no_placeholder_is_left(path):
+    markdown = [source(c) for c in all_cells(path) if c["cell_type"] == "markdown"]
+    text = "\n".join(markdown)
+    found = PLACEHOLDER.search(text)
+    assert not found, f"a placeholder is left in the prose: ...{text[max(0, found.start() - 60):found.end() + 60]}..."
+    start = text.index("## What we found")
+    section = text[start + len("## What we found"):text.index("## Claims", start)]
+    words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\{eval\}`[^`]*`|\{numref\}`[^`]*`|\$[^$]*\$", " ", section))
+    assert len(words) >= 80, f"'What we found' says too little ({len(words)} words): {section.strip()[:200]!r}"
+    assert "{eval}`prose." in section, "'What we found' quotes the measured numbers ({eval}`prose.x`)"
+
+
+def test_figure_labels_are_unique_across_the_book():
+    """Sphinx resolves a {numref} label book-wide: a label used twice points at one chapter's figure only."""
+    owners: dict[str, list[str]] = {}
+    for path in NOTEBOOKS:
+        for cell in all_cells(path):
+            if cell["cell_type"] == "markdown":
+                for name in re.findall(r":name:\s*(\S+)", source(cell)):
+                    owners.setdefault(name, []).append(path.stem)
+    repeated = {name: stems for name, stems in owners.items() if len(stems) > 1}
+    assert not repeated, f"figure labels used more than once: {repeated}"
+
+
 def test_code_cells_are_formatted_to_the_page_width():
     ruff = Path(sys.executable).with_name("ruff")
     result = subprocess.run([ruff, "format", "--check", *map(str, NOTEBOOKS)], capture_output=True, text=True, cwd=ROOT)

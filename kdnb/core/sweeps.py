@@ -15,7 +15,7 @@ from .progress import progress_bar
 from .runtime import float64_device
 from .validation import check_positive_int
 
-__all__ = ["PowerLawFit", "power_law_fit", "relative_error", "sweep"]
+__all__ = ["PowerLawFit", "power_law_fit", "power_law_slopes", "relative_error", "sweep"]
 
 
 def sweep(
@@ -153,6 +153,46 @@ def power_law_fit(x, y) -> PowerLawFit:
     total = ((ly - ly.mean()) ** 2).sum()
     r_squared = 1.0 - (residual**2).sum() / total if total > 0 else 1.0
     return PowerLawFit(float(slope), float(intercept), float(r_squared))
+
+
+def power_law_slopes(table, x: str, y: str, *, by: str = "repeat"):
+    r"""The power-law exponent of ``y`` against ``x`` fitted separately in each group of ``table``.
+
+    A claim about a rate over repeats is decided on the spread of the per-repeat exponents (their bootstrap interval,
+    :func:`kdnb.core.claims.bootstrap_interval`), not on one fit through the averaged points, which hides how much
+    the rate varies from one task to the next.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A tidy table with the columns ``x``, ``y`` and ``by``, e.g. the output of :func:`sweep`.
+    x, y : str
+        The columns of the abscissae and ordinates, finite and > 0 (see :func:`power_law_fit`).
+    by : str
+        The column whose values define the groups; ``"repeat"`` by default.
+
+    Returns
+    -------
+    pandas.Series
+        The slope of :func:`power_law_fit` in each group, indexed by the group's value, in increasing order.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing, or a group has fewer than two distinct ``x`` or a value that is not finite and > 0.
+    """
+    import pandas as pd
+
+    missing = [c for c in (x, y, by) if c not in table.columns]
+    if missing:
+        raise ValueError(f"table has no column(s) {missing}; it has {list(table.columns)}")
+    slopes = {}
+    for key, group in table.groupby(by, sort=True):
+        try:
+            slopes[key] = power_law_fit(group[x].to_numpy(), group[y].to_numpy()).slope
+        except ValueError as error:
+            raise ValueError(f"group {by}={key!r}: {error}") from None
+    return pd.Series(slopes, name=f"slope of {y} against {x}", dtype=float).rename_axis(by)
 
 
 def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ from torch import nn
 from ..core.data import GaussianMixtureOnSphere, sample_sphere
 from ..core.losses import binary_kd_loss_gradient
 from ..core.models import NTKMLP, AntisymmetricPair
-from ..core.sweeps import PowerLawFit, power_law_fit, relative_error
+from ..core.sweeps import PowerLawFit, power_law_fit, power_law_slopes, relative_error
 from ..core.training import distillation_objective
 from ..core.validation import (
     check_positive,
@@ -170,6 +170,9 @@ class LinearizationGapRun:
         Power law of the mean distance to the linearization against width.
     gap_fit_infinite : kdnb.core.sweeps.PowerLawFit
         Power law of the mean distance to the infinite-width model against width.
+    gap_slopes : pandas.Series
+        The exponent of the distance to the linearization against width, fitted on each repeat (task) alone
+        (:func:`kdnb.core.sweeps.power_law_slopes`), indexed by repeat: the samples a claim on the rate is decided on.
     """
 
     widths: tuple[int, ...]
@@ -180,6 +183,7 @@ class LinearizationGapRun:
     gap_by_width: pd.DataFrame
     gap_fit: PowerLawFit
     gap_fit_infinite: PowerLawFit
+    gap_slopes: pd.Series
 
 
 def _check_variances(variances) -> dict:
@@ -340,8 +344,10 @@ def linearization_gap_experiment(
     gap_by_width = gaps.groupby("width")[GAP_COLUMNS].mean()
     gap_fit = power_law_fit(gap_by_width.index, gap_by_width["to its linearization"])
     gap_fit_infinite = power_law_fit(gap_by_width.index, gap_by_width["to infinite width"])
+    gap_slopes = power_law_slopes(gaps, "width", "to its linearization", by="repeat")
     return LinearizationGapRun(widths=tuple(widths), repeats=repeats, steps=steps, paths=paths, gaps=gaps,
-                               gap_by_width=gap_by_width, gap_fit=gap_fit, gap_fit_infinite=gap_fit_infinite)
+                               gap_by_width=gap_by_width, gap_fit=gap_fit, gap_fit_infinite=gap_fit_infinite,
+                               gap_slopes=gap_slopes)
 
 
 def linearization_gaps(paths: Mapping) -> pd.DataFrame:

@@ -59,3 +59,25 @@ def test_sweep_builds_a_tidy_table_in_grid_order():
     with pytest.raises(TypeError, match="must return a mapping"):
         sweep(lambda a, repeat: 1.0, {"a": [1]}, progress=False)
 
+
+
+def test_power_law_slopes_fit_each_repeat_on_its_own():
+    import pandas as pd
+
+    from kdnb.core.sweeps import power_law_slopes
+
+    widths = np.array([64.0, 256.0, 1024.0, 4096.0])
+    exponents = {0: -0.5, 1: -0.25, 2: -1.0}
+    table = pd.DataFrame(
+        [{"width": w, "repeat": r, "gap": (3.0 + r) * w**e} for r, e in exponents.items() for w in widths]
+    )
+    slopes = power_law_slopes(table, "width", "gap")
+    assert list(slopes.index) == [0, 1, 2]
+    np.testing.assert_allclose(slopes.to_numpy(), list(exponents.values()), atol=1e-12)
+    # one fit through the averaged points would give a single, different number
+    pooled = power_law_fit(widths, table.groupby("width").gap.mean().to_numpy()).slope
+    assert not np.isclose(pooled, np.mean(list(exponents.values())), atol=1e-3)
+    with pytest.raises(ValueError, match="no column"):
+        power_law_slopes(table, "width", "missing")
+    with pytest.raises(ValueError, match="repeat=0"):
+        power_law_slopes(table[(table.repeat != 0) | (table.width == 64)], "width", "gap")

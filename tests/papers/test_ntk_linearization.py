@@ -95,6 +95,10 @@ def test_linearization_gap_experiment_matches_direct_runs():
     means = run.gaps.groupby("width")["to its linearization"].mean()
     assert run.gap_by_width["to its linearization"].tolist() == means.tolist()
     assert run.gap_fit.slope == power_law_fit(means.index, means.values).slope
+    for repeat, slope in run.gap_slopes.items():  # one fit per task, not through the means
+        own = run.gaps[run.gaps.repeat == repeat]
+        assert slope == power_law_fit(own.width, own["to its linearization"]).slope
+    assert list(run.gap_slopes.index) == [0, 1]
     assert run.widths == (8, 16) and run.repeats == 2 and run.steps == 4
 
 

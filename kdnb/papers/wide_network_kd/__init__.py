@@ -13,7 +13,13 @@ paper's theory become closed forms, computed in float64:
   its initial function, wide students for many soft ratios, and the hard-label test of the paper's Fig. 5;
 * :mod:`~kdnb.papers.wide_network_kd.geometry`: transfer risk, the accumulative angle distribution
   :math:`p(\beta)` and its bound (Theorem 1), data inefficiency (Definition 1);
-* :mod:`~kdnb.papers.wide_network_kd.experiments`: the experiments of the paper's Figs. 2 to 5, one call each.
+* :mod:`~kdnb.papers.wide_network_kd.inefficiency`: per-repeat data inefficiency, the identity that ties it to the
+  angle, and the reference levels chapter 4 compares it with;
+* :mod:`~kdnb.papers.wide_network_kd.imperfect`: imperfect teachers: the ground-truth logit of the hard-label test,
+  paired gains over repeats, and where the hard-label sign switches;
+* :mod:`~kdnb.papers.wide_network_kd.experiments`: the experiments of the paper's Figs. 2 to 5, one call each;
+* :mod:`~kdnb.papers.wide_network_kd.premise`: the premise tested on finite networks, trained to convergence on the
+  distillation loss and compared with the kernel student as the width grows.
 
 **The book's choices.** The book works from the paper's abstract, introduction and figure captions; the following are
 the book's reconstruction from them, each an explicit argument: the soft-term constant :math:`c_T` (``t2_scaling``;
@@ -45,7 +51,16 @@ from .experiments import (
     target_difficulty_norms,
     transfer_risk_experiment,
 )
+from .premise import ConvergedTraining, PremiseRun, premise_experiment, student_network, train_to_effective_logits
+from .imperfect import GROUND_TRUTH_LOGITS, SignSwitch, ground_truth_logit, held_out_soft_gain, sign_switch
 from .geometry import accumulative_angle_distribution, boundary_angles, data_inefficiency, transfer_risk
+from .inefficiency import (
+    label_smoothing_spread,
+    least_favourable,
+    log_cosine_sum,
+    per_repeat_inefficiency,
+    random_label_level,
+)
 from .students import (
     ARCHITECTURES,
     HardLabelEffect,
@@ -59,16 +74,21 @@ from .students import (
 
 __all__ = [
     "ARCHITECTURES",
+    "GROUND_TRUTH_LOGITS",
     "CircleExample",
+    "ConvergedTraining",
     "DigitsExample",
     "DigitsRun",
     "HardLabelEffect",
     "ImperfectTeacherRun",
+    "SignSwitch",
+    "PremiseRun",
     "StoppedTeacherNorms",
     "TransferRiskRun",
     "accumulative_angle_distribution",
     "best_rho_table",
     "poor_teacher_gain",
+    "premise_experiment",
     "boundary_angles",
     "circle_example",
     "data_inefficiency",
@@ -77,16 +97,26 @@ __all__ = [
     "effective_logits_hard_derivative",
     "effective_student_logits",
     "fitted_slope",
+    "ground_truth_logit",
+    "held_out_soft_gain",
     "hard_label_effect",
     "imperfect_teacher_experiment",
     "inefficiency_table",
     "kernel_diagonal",
     "kernel_students",
+    "label_smoothing_spread",
+    "least_favourable",
+    "log_cosine_sum",
+    "per_repeat_inefficiency",
+    "random_label_level",
     "root_residual",
     "sample_initial_function",
+    "sign_switch",
     "student_kernel",
+    "student_network",
     "student_nngp",
     "target_difficulty_norms",
     "transfer_risk",
+    "train_to_effective_logits",
     "transfer_risk_experiment",
 ]

@@ -26,6 +26,7 @@ from ...core.sweeps import power_law_fit
 from ...core.training import distill, predict_logits, teacher_snapshots
 from ...core.validation import (
     check_bool,
+    check_choice,
     check_in_unit_interval,
     check_positive,
     check_positive_int,
@@ -39,6 +40,7 @@ from ...kernels.regression import (
     weight_change_cosine,
 )
 from .effective_logits import effective_student_logits
+from .imperfect import GROUND_TRUTH_LOGITS, ground_truth_logit
 from .geometry import (
     accumulative_angle_distribution,
     boundary_angles,
@@ -46,6 +48,7 @@ from .geometry import (
     transfer_risk,
 )
 from .students import (
+    ARCHITECTURES,
     hard_label_effect,
     kernel_diagonal,
     kernel_students,
@@ -244,13 +247,14 @@ def target_difficulty_norms(
     flip_modes: int = 4,
     architecture: str = "two_layer_bias",
     device: torch.device | str | None = None,
+    mode_width: float | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""Prefix norms :math:`\|\Delta\hat w_n - \Delta w_z\|` for the targets of Ji & Zhu's Fig. 3.
 
     For n = 1..``n_points``, all on one sample of the sphere and solved from one factorisation.
 
-    Keys: ``"modes=K"`` for a Gaussian-mixture function with K bumps of width :math:`1/\sqrt K`
-    (:class:`kdnb.core.data.GaussianMixtureOnSphere`); ``"flip=p"`` for the ``flip_modes`` function with each sign
+    Keys: ``"modes=K"`` for a Gaussian-mixture function with K bumps of width :math:`1/\sqrt K` (or
+    ``mode_width``; :class:`kdnb.core.data.GaussianMixtureOnSphere`); ``"flip=p"`` for the ``flip_modes`` function with each sign
     flipped with probability p; ``"random"`` for independent :math:`\mathcal N(0, 1)` targets; ``"zero"`` for
     :math:`-f_0(X)`, undoing a random initial function (:func:`sample_initial_function`). Targets are regressed
     directly (the student distils a teacher whose logits are these values, with ρ = 1). The kernel and its
@@ -274,6 +278,10 @@ def target_difficulty_norms(
         The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
     device : torch.device or str or None, default None
         Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+    mode_width : float or None, default None
+        One bump width s > 0 for every Gaussian-mixture target (also the flipped one); ``None``: :math:`1/\sqrt K`
+        for K bumps, the book's choice that makes more modes harder (with one fixed width the ordering by K need not
+        hold; chapter 4 shows it).
 
     Returns
     -------
@@ -299,9 +307,10 @@ def target_difficulty_norms(
     x = sample_sphere(n_points, dim, generator)
     columns: dict[str, torch.Tensor] = {}
     for k in modes:
-        columns[f"modes={k}"] = GaussianMixtureOnSphere(dim, k, generator)(x)
+        columns[f"modes={k}"] = GaussianMixtureOnSphere(dim, k, generator, width=mode_width)(x)
     if flips:
-        base = GaussianMixtureOnSphere(dim, check_positive_int(flip_modes, "flip_modes"), generator)(x)
+        base = GaussianMixtureOnSphere(dim, check_positive_int(flip_modes, "flip_modes"), generator,
+                                       width=mode_width)(x)
         for p in flips:
             columns[f"flip={p:g}"] = flip_signs(base, p, generator)
     columns["random"] = torch.randn(n_points, generator=generator, dtype=torch.float64)
@@ -312,10 +321,14 @@ def target_difficulty_norms(
     return {name: norms[:, j] for j, name in enumerate(columns)}
 
 
-def _teacher_task(generator, *, dim, n_modes, mode_width, n_teacher, teacher_scale, sizes, architecture, device):
+def _teacher_task(generator, *, dim, n_modes, mode_width, n_teacher, teacher_scale, sizes, architecture, device,
+                  teacher_architecture=None):
     """The shared setup of Figs. 4 and 5: a ground-truth function g, an :class:`KernelGradientFlow` trained on
     ``n_teacher`` points of its own with targets ``teacher_scale`` x sign g, and fresh samples of the given ``sizes``
-    with their values of g. Draws, in this order and on the CPU: g, the teacher's points, each sample."""
+    with their values of g. Draws, in this order and on the CPU: g, the teacher's points, each sample. The teacher's
+    kernel is that of ``teacher_architecture`` (``None``: the student's ``architecture``); its logits at new points
+    need the cross-kernel of the same architecture."""
+    architecture = architecture if teacher_architecture is None else teacher_architecture
     n_teacher = check_positive_int(n_teacher, "n_teacher", minimum=2)
     teacher_scale = check_positive(teacher_scale, "teacher_scale")
     truth = GaussianMixtureOnSphere(dim, n_modes, generator, width=mode_width)
@@ -368,6 +381,7 @@ def early_stopped_distillation_norms(
     t2_scaling: bool = True,
     architecture: str = "two_layer_bias",
     device: torch.device | str | None = None,
+    teacher_architecture: str | None = None,
 ) -> StoppedTeacherNorms:
     r"""Ji & Zhu's Fig. 4 (right): distil early-stopped teachers with several soft ratios.
 
@@ -407,6 +421,10 @@ def early_stopped_distillation_norms(
         The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
     device : torch.device or str or None, default None
         Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+    teacher_architecture : {"two_layer_bias", "three_layer", "two_layer"} or None, default None
+        The teacher's kernel; ``None``: the student's ``architecture`` (a teacher in the student's own function
+        space). A deeper network (``"three_layer"``) gives a teacher whose function the student represents with
+        another norm; its kernel has a different scale, so the same τ trains it further.
 
     Returns
     -------
@@ -426,11 +444,14 @@ def early_stopped_distillation_norms(
     n_points = check_positive_int(n_points, "n_points", minimum=2)
     rho_vector, _ = check_soft_ratios(check_sequence(rhos, "rhos"))
     taus = [check_positive(t, "taus") for t in check_sequence(taus, "taus")]
+    if teacher_architecture is not None:
+        teacher_architecture = check_choice(teacher_architecture, "teacher_architecture", tuple(ARCHITECTURES))
     teacher, x_teacher, [(x, g)] = _teacher_task(
         generator, dim=dim, n_modes=n_modes, mode_width=mode_width, n_teacher=n_teacher, teacher_scale=teacher_scale,
-        sizes=[n_points], architecture=architecture, device=device)
+        sizes=[n_points], architecture=architecture, device=device, teacher_architecture=teacher_architecture)
     labels = (g > 0).to(torch.float64)
-    z_t = teacher.logits(student_kernel(x, x_teacher, architecture=architecture), taus)  # (N, τ)
+    teacher_kernel = architecture if teacher_architecture is None else teacher_architecture
+    z_t = teacher.logits(student_kernel(x, x_teacher, architecture=teacher_kernel), taus)  # (N, τ)
     z = effective_student_logits(z_t, labels[:, None].expand_as(z_t), rho_vector.tolist(), temperature,
                                  t2_scaling=t2_scaling)  # (N, τ, ρ)
     n_taus, n_rhos = z.shape[1], z.shape[2]
@@ -447,7 +468,9 @@ class ImperfectTeacherRun:
     r"""One repeat of :func:`imperfect_teacher_experiment`. Axes are (τ,) or (τ, ρ).
 
     ``teacher_accuracy`` and ``student_accuracy``: agreement of the sign with the ground truth on the test points;
-    ``inner_product`` and ``cosine_derivative`` (τ, ρ): the :class:`HardLabelEffect` values; ``finite_difference``
+    ``inner_product`` and ``cosine_derivative`` (τ, ρ): the :class:`HardLabelEffect` values with the ground-truth
+    logit ``ground_truth_logits``, and ``inner_product_by_convention`` the inner product for every convention of
+    :data:`~kdnb.papers.wide_network_kd.imperfect.GROUND_TRUTH_LOGITS`; ``finite_difference``
     (τ, len(check_rhos)): central differences of the cosine in :math:`1-\rho`, to compare with ``check_derivative``,
     the analytic values at the same ρ; ``soft_finite_difference`` (τ,): a one-sided second-order difference at
     ρ = 1, :math:`[-3c(1) + 4c(1-h) - c(1-2h)]/(2h)`, to compare with ``soft_derivative``, the analytic value there.
@@ -476,6 +499,13 @@ class ImperfectTeacherRun:
         (τ,): the analytic derivative at ρ = 1.
     soft_finite_difference : torch.Tensor
         (τ,): the one-sided second-order difference at ρ = 1.
+    ground_truth_logits : str
+        The convention of ``inner_product``, ``cosine_derivative`` and the checks (``"smooth"`` or ``"step"``).
+    inner_product_by_convention : dict of str to torch.Tensor
+        For ``"smooth"`` and ``"step"``: (τ, ρ) :math:`\langle\delta\hat w_h, \Delta\hat w_c\rangle` with that
+        ground-truth logit.
+    teacher_architecture : str
+        The teacher's kernel (the student's unless another was asked for).
     """
 
     taus: tuple[float, ...]
@@ -489,6 +519,9 @@ class ImperfectTeacherRun:
     finite_difference: torch.Tensor
     soft_derivative: torch.Tensor
     soft_finite_difference: torch.Tensor
+    ground_truth_logits: str = "smooth"
+    inner_product_by_convention: dict | None = None
+    teacher_architecture: str = "two_layer_bias"
 
 
 def imperfect_teacher_experiment(
@@ -510,6 +543,8 @@ def imperfect_teacher_experiment(
     soft_step: float = 1e-6,
     architecture: str = "two_layer_bias",
     device: torch.device | str | None = None,
+    ground_truth_logits: str = "smooth",
+    teacher_architecture: str | None = None,
 ) -> ImperfectTeacherRun:
     r"""Ji & Zhu's Fig. 5 (synthetic): distil teachers of increasing quality with every soft ratio.
 
@@ -517,8 +552,9 @@ def imperfect_teacher_experiment(
     :class:`KernelGradientFlow` on ``n_teacher`` points of its own (targets ``teacher_scale`` x sign g), stopped at
     each τ: early teachers are poor, late ones good. Students are wide kernel students on ``n_student`` other points,
     with the teacher's logits and the true hard labels (:func:`kernel_students`), scored on ``n_test`` test points.
-    :func:`hard_label_effect` is evaluated on the students' points with g as the ground-truth logit, and its
-    derivative is checked against a central difference with step ``epsilon`` at ``check_rhos``, and at ρ = 1 (where
+    :func:`hard_label_effect` is evaluated on the students' points with the ground-truth logit
+    ``ground_truth_logits`` (:func:`~kdnb.papers.wide_network_kd.imperfect.ground_truth_logit`: g itself, or the
+    step 2y_g − 1; the inner product is also returned for the other convention), and its derivative is checked against a central difference with step ``epsilon`` at ``check_rhos``, and at ρ = 1 (where
     the sign test is made) against a one-sided second-order difference with step ``soft_step``. Random draws on the
     CPU, kernels on ``device`` (default CPU), results on the CPU.
 
@@ -558,6 +594,14 @@ def imperfect_teacher_experiment(
         The student's (and teacher's) kernel, a key of :data:`~kdnb.papers.wide_network_kd.students.ARCHITECTURES`.
     device : torch.device or str or None, default None
         Where the kernels are computed; ``None``: the CPU (an MPS device falls back to the CPU: it has no float64).
+    ground_truth_logits : {"smooth", "step"}, default "smooth"
+        The ground-truth logit of the hard-label test: the smooth function g that made the labels, or the step
+        2y_g − 1 (:func:`~kdnb.papers.wide_network_kd.imperfect.ground_truth_logit`). The paper's choice is unknown;
+        the sign of the test depends on it.
+    teacher_architecture : {"two_layer_bias", "three_layer", "two_layer"} or None, default None
+        The teacher's kernel; ``None``: the student's ``architecture`` (a teacher in the student's own function
+        space, whose ρ = 1 student copies it almost exactly). A deeper network (``"three_layer"``) gives a teacher
+        the student can only approximate; its kernel has another scale, so the same τ trains it further.
 
     Returns
     -------
@@ -573,7 +617,7 @@ def imperfect_teacher_experiment(
 
     References
     ----------
-    Ji & Zhu 2020, Fig. 5 and Theorem 3.
+    Ji & Zhu 2020, Fig. 5 (left and right).
     """
     taus = [check_positive(t, "taus") for t in check_sequence(taus, "taus")]
     rho_vector, _ = check_soft_ratios(check_sequence(rhos, "rhos"))
@@ -586,12 +630,17 @@ def imperfect_teacher_experiment(
         raise ValueError(f"check_rhos ± epsilon must stay inside (0, 1], got {check_vector.tolist()} ± {epsilon}")
     n_student = check_positive_int(n_student, "n_student", minimum=2)
     n_test = check_positive_int(n_test, "n_test")
+    ground_truth_logits = check_choice(ground_truth_logits, "ground_truth_logits", GROUND_TRUTH_LOGITS)
+    teacher_kernel = architecture if teacher_architecture is None else check_choice(
+        teacher_architecture, "teacher_architecture", tuple(ARCHITECTURES))
     teacher, x_teacher, [(x, g), (x_test, g_test)] = _teacher_task(
         generator, dim=dim, n_modes=n_modes, mode_width=mode_width, n_teacher=n_teacher, teacher_scale=teacher_scale,
-        sizes=[n_student, n_test], architecture=architecture, device=device)
+        sizes=[n_student, n_test], architecture=architecture, device=device, teacher_architecture=teacher_kernel)
     labels, test_labels = (g > 0).to(torch.float64), g_test > 0
-    z_t = teacher.logits(student_kernel(x, x_teacher, architecture=architecture), taus)  # (N, τ)
-    z_t_test = teacher.logits(student_kernel(x_test, x_teacher, architecture=architecture), taus)  # (M, τ)
+    truths = {name: ground_truth_logit(g, name) for name in GROUND_TRUTH_LOGITS}
+    other = [name for name in GROUND_TRUTH_LOGITS if name != ground_truth_logits]
+    z_t = teacher.logits(student_kernel(x, x_teacher, architecture=teacher_kernel), taus)  # (N, τ)
+    z_t_test = teacher.logits(student_kernel(x_test, x_teacher, architecture=teacher_kernel), taus)  # (M, τ)
     kernel = student_kernel(x, architecture=architecture)
     kernel_test = student_kernel(x_test, x, architecture=architecture)
 
@@ -601,11 +650,16 @@ def imperfect_teacher_experiment(
     all_rhos = (rhos_list + checks + [r + epsilon for r in checks] + [r - epsilon for r in checks]
                 + [1.0, 1.0 - soft_step, 1.0 - 2 * soft_step])
     student_accuracy, inner, derivative, check, finite, soft_derivative, soft_finite = [], [], [], [], [], [], []
+    by_convention = {name: [] for name in other}
     for i in range(len(taus)):
         logits = kernel_students(kernel, kernel_test, z_t[:, i], labels, rhos_list, temperature,
                                  t2_scaling=t2_scaling)
         student_accuracy.append(((logits > 0) == test_labels[:, None]).to(torch.float64).mean(0))
-        effect = hard_label_effect(kernel, z_t[:, i], labels, g, all_rhos, temperature, t2_scaling=t2_scaling)
+        effect = hard_label_effect(kernel, z_t[:, i], labels, truths[ground_truth_logits], all_rhos, temperature,
+                                   t2_scaling=t2_scaling)
+        for name in other:
+            by_convention[name].append(hard_label_effect(kernel, z_t[:, i], labels, truths[name], rhos_list,
+                                                         temperature, t2_scaling=t2_scaling).inner_product)
         inner.append(effect.inner_product[:n_r])
         derivative.append(effect.cosine_derivative[:n_r])
         check.append(effect.cosine_derivative[n_r:n_r + n_c])
@@ -620,7 +674,10 @@ def imperfect_teacher_experiment(
                                inner_product=torch.stack(inner), cosine_derivative=torch.stack(derivative),
                                check_rhos=tuple(checks), check_derivative=torch.stack(check),
                                finite_difference=torch.stack(finite), soft_derivative=torch.stack(soft_derivative),
-                               soft_finite_difference=torch.stack(soft_finite))
+                               soft_finite_difference=torch.stack(soft_finite), ground_truth_logits=ground_truth_logits,
+                               inner_product_by_convention={ground_truth_logits: torch.stack(inner),
+                                                            **{k: torch.stack(v) for k, v in by_convention.items()}},
+                               teacher_architecture=teacher_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -249,7 +249,8 @@ def kernel_students(
 
 @dataclass(frozen=True)
 class HardLabelEffect:
-    r"""What a little more hard label does to a wide student (Ji & Zhu 2020, Theorem 3), one value per soft ratio.
+    r"""What a little more hard label does to a wide student (Ji & Zhu 2020, Fig. 5, right), one value per soft
+    ratio.
 
     ``inner_product``: :math:`\langle\delta\hat w_h, \Delta\hat w_c\rangle`; ``cosine``:
     :math:`\cos\alpha(\Delta\hat w, \Delta\hat w_g)`, the angle to the ground truth's projection on the training span
@@ -288,7 +289,7 @@ def hard_label_effect(
     t2_scaling: bool = True,
     jitter: float = DEFAULT_JITTER,
 ) -> HardLabelEffect:
-    r"""The sign test of Ji & Zhu's Theorem 3: does more hard label turn the student towards the ground truth?
+    r"""The sign test of Ji & Zhu's Fig. 5 (right): does more hard label turn the student towards the ground truth?
 
     Computes, for each soft ratio, :class:`HardLabelEffect`'s three quantities.
 
@@ -309,8 +310,10 @@ def hard_label_effect(
     part of the ground truth orthogonal to the student,
     :math:`\partial\cos\alpha(\Delta\hat w, \Delta w_g)/\partial(1-\rho) = \langle\delta\hat w_h, \Delta\hat
     w_c\rangle / (\|\Delta\hat w\|\|\Delta w_g\|)`; the normaliser here is :math:`\|\Delta\hat w_g\|`, the same
-    for every ρ. The book's definition of :math:`\Delta w_g` is a reconstruction; another choice of g changes the
-    value, and only the sign is claimed.
+    for every ρ. The book's definition of :math:`\Delta w_g` is a reconstruction. The inner product is linear in g,
+    so a positive rescaling of g keeps its sign, but another *shape* of g can flip it: with the smooth function that
+    made the labels and with the step :math:`2y_g - 1`
+    (:func:`~kdnb.papers.wide_network_kd.imperfect.ground_truth_logit`) the signs differ (chapter 5).
 
     Parameters
     ----------
@@ -348,7 +351,7 @@ def hard_label_effect(
 
     References
     ----------
-    Ji & Zhu 2020, Theorem 3 and Fig. 5 (right).
+    Ji & Zhu 2020, Fig. 5 (right) and its caption (the derivative of the cosine); the kernel form is the book's.
     """
     z = effective_student_logits(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)
     dz = effective_logits_hard_derivative(teacher_logits, labels, rhos, temperature, t2_scaling=t2_scaling)

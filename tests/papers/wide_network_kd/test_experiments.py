@@ -435,3 +435,46 @@ def test_poor_teacher_gain_is_the_smallest_gain_among_poor_teachers():
         poor_teacher_gain(table, below=0.0)
     with pytest.raises(TypeError, match="table must be a pandas DataFrame"):
         poor_teacher_gain(table.to_dict())
+
+
+def test_target_difficulty_norms_with_one_mode_width():
+    kwargs = dict(n_points=48, n_modes=(1, 16), flip_probabilities=(0.2,))
+    fixed = target_difficulty_norms(torch.Generator().manual_seed(3), mode_width=0.5, **kwargs)
+    g = torch.Generator().manual_seed(3)
+    x = sample_sphere(48, 3, g)
+    one = GaussianMixtureOnSphere(3, 1, g, width=0.5)(x)
+    sixteen = GaussianMixtureOnSphere(3, 16, g, width=0.5)(x)
+    torch.testing.assert_close(fixed["modes=1"], NestedKernelRegression(student_kernel(x), one).norms())
+    torch.testing.assert_close(fixed["modes=16"], NestedKernelRegression(student_kernel(x), sixteen).norms())
+    default = target_difficulty_norms(torch.Generator().manual_seed(3), **kwargs)
+    assert not torch.equal(default["modes=16"], fixed["modes=16"])  # 1/√16 = 0.25 is another width
+    torch.testing.assert_close(default["random"], fixed["random"])  # the draws after the targets are the same
+    with pytest.raises(ValueError, match="width"):
+        target_difficulty_norms(torch.Generator(), mode_width=0.0, **kwargs)
+
+
+def test_early_stopped_distillation_norms_with_a_teacher_of_another_kernel():
+    taus, rhos = [3.0, 100.0], [0.5, 1.0]
+    kwargs = dict(n_points=48, taus=taus, rhos=rhos, temperature=5.0, n_teacher=24, t2_scaling=False)
+    result = early_stopped_distillation_norms(torch.Generator().manual_seed(1), teacher_architecture="three_layer",
+                                              **kwargs)
+    g = torch.Generator().manual_seed(1)
+    truth = GaussianMixtureOnSphere(3, 4, g, width=0.5)
+    x_teacher, x = sample_sphere(24, 3, g), sample_sphere(48, 3, g)
+    labels = (truth(x) > 0).to(F64)
+    teacher = EarlyStoppedTeacher(student_kernel(x_teacher, architecture="three_layer"),
+                                  4 * torch.sign(truth(x_teacher)))
+    z_t = teacher.logits(student_kernel(x, x_teacher, architecture="three_layer"), taus)
+    kernel = student_kernel(x)  # the student keeps its own kernel
+    for i in range(len(taus)):
+        for j, rho in enumerate(rhos):
+            target = effective_student_logits(z_t[:, i], labels, rho, 5.0, t2_scaling=False)
+            direct = NestedKernelRegression(kernel, target).norms()
+            torch.testing.assert_close(result.norms[:, i, j], direct, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(result.teacher_norms, teacher.weight_change_norm(taus))
+    # None is the student's own kernel, the behaviour without the argument
+    same = early_stopped_distillation_norms(torch.Generator().manual_seed(1), teacher_architecture=None, **kwargs)
+    default = early_stopped_distillation_norms(torch.Generator().manual_seed(1), **kwargs)
+    assert torch.equal(same.norms, default.norms) and not torch.equal(same.norms, result.norms)
+    with pytest.raises(ValueError, match="teacher_architecture"):
+        early_stopped_distillation_norms(torch.Generator(), teacher_architecture="resnet", **kwargs)
