@@ -4,8 +4,8 @@ Checked on every page: math typeset by MathJax (loaded from the site itself), no
 than the content column (code, equations; wide tables scroll inside their own box), figures shown at their own size
 (never scaled down, so their text keeps the 9-point minimum that ``save_figure`` enforces), captions numbered per
 chapter ("Figure 3.2"), and no external script. Also: the scorecard, the bibliography's author-year labels, the site's
-weight (≤ 10 MB) and the first page's (≤ 2 MB), an execution error that fails the build with its traceback, and the
-staleness stamp. Screenshots of every page go to ``_build/screenshots/``.
+weight (≤ 10 MB) and the first page's (≤ 2 MB, without the search index), the search page, an execution error that
+fails the build with its traceback, and the staleness stamp. Screenshots of every page go to ``_build/screenshots/``.
 
 The browser tests need Debian's ``chromium-headless-shell`` (or ``chromium``); where neither is installed they are
 skipped with a reason, unless KDNB_REQUIRE_BROWSER=1 (set by .ci/run), which turns the skip into a failure.
@@ -189,6 +189,21 @@ def test_site_and_first_load_are_light(built_book):
                                                              "first_load_files": len(local)}))
     assert size_mb <= SITE_LIMIT_MB, f"the site is {size_mb:.1f} MB (limit {SITE_LIMIT_MB} MB)"
     assert first_load_mb <= FIRST_LOAD_LIMIT_MB, f"the first page loads {first_load_mb:.2f} MB"
+    # The search index grows with every chapter; book/_templates/layout.html keeps it on the search page.
+    assert not any(p.name == "searchindex.js" for p in local), "the first page loads the search index"
+
+
+@pytest.mark.book
+def test_search_finds_chapters(built_book):
+    """The search page still works with the index loaded there only (book/_templates/layout.html)."""
+    with chromium() as page:
+        page.goto((HTML / "search.html").as_uri() + "?q=distillation")
+        page.wait_for_load_state("load")
+        page.wait_for_function("() => document.querySelectorAll('#search-results ul.search li').length > 0",
+                               timeout=15000)
+        hits = page.evaluate("() => Array.from(document.querySelectorAll('#search-results ul.search li a'))"
+                             ".map(a => a.getAttribute('href'))")
+    assert any("notebooks/" in hit for hit in hits), hits
 
 
 @pytest.mark.book
