@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
     "shared/": "points outside the repository: cite the paper instead",
     "could not be read": "describes the making of the book: state the book's reconstruction as the book's choice",
+    "could not be consulted": "describes the making of the book: say where the details come from instead",
+    "was not read": "describes the making of the book: say where the details come from instead",
     "paper notes": "refers to notes the reader does not have: cite the paper, or call the choice the book's",
     "background notes": "refers to notes the reader does not have: cite the paper, or call the choice the book's",
     "2-core machine": "quotes the build machine: point to the benchmark in benchmarks/ instead of its timings",

@@ -588,11 +588,17 @@ def distill(
     batch_size: int | None = None,
     progress: bool = False,
     desc: str = "student",
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
 ) -> History:
     r"""Train ``student`` on the transfer set ``inputs`` with the KD loss of :func:`kdnb.core.losses.kd_loss`.
 
     ``teacher_logits`` are precomputed (the teacher is fixed). ``labels`` and the optional ``labelled`` mask give the
-    hard-label term, weighted :math:`1-\rho`; with ``rho=1`` no labels are needed. The optimiser is Adam.
+    hard-label term, weighted :math:`1-\rho`; with ``rho=1`` no labels are needed. The optimiser is Adam unless
+    asked otherwise; the optimiser options are :func:`fit`'s, with its defaults, so a student can be trained exactly
+    like a baseline fitted with :func:`fit` (e.g. SGD with momentum and a cosine schedule).
 
     Parameters
     ----------
@@ -624,6 +630,14 @@ def distill(
         Show a progress bar.
     desc : str, default "student"
         Label of the progress bar.
+    optimizer : {"adam", "sgd"}, default "adam"
+        The optimiser, as in :func:`fit`.
+    momentum : float, default 0.0
+        SGD's heavy-ball momentum in [0, 1), as in :func:`fit` (only with ``optimizer="sgd"``).
+    schedule : {"constant", "cosine"}, default "constant"
+        Learning-rate schedule, as in :func:`fit`.
+    weight_decay : float, default 0.0
+        L2 penalty coefficient, >= 0.
 
     Returns
     -------
@@ -644,4 +658,5 @@ def distill(
     objective = distillation_objective(rho, temperature, t2_scaling=t2_scaling, binary=teacher_logits.ndim == 1)
     targets = [teacher_logits, labels, labelled]
     return fit(student, objective, inputs, targets, epochs=epochs, generator=generator, lr=lr,
-               batch_size=batch_size, progress=progress, desc=desc)
+               batch_size=batch_size, progress=progress, desc=desc, optimizer=optimizer, momentum=momentum,
+               schedule=schedule, weight_decay=weight_decay)

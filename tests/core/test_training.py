@@ -356,3 +356,32 @@ def test_distillation_objective_requires_bool_flags():
     y = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
     assert torch.equal(distillation_objective(0.5, 2.0, t2_scaling=np.False_, binary=np.True_)(z_s, z_t, y),
                        distillation_objective(0.5, 2.0, t2_scaling=False, binary=True)(z_s, z_t, y))
+
+
+def test_distill_with_fit_options_is_fit_with_the_distillation_objective():
+    """distill forwards its optimiser options to fit: SGD with momentum and a cosine schedule, bit for bit."""
+    from kdnb.core.training import distill
+
+    x, y = toy(48)
+    teacher_logits = torch.randn(48, 2, generator=torch.Generator().manual_seed(5))
+    options = dict(optimizer="sgd", momentum=0.9, schedule="cosine", weight_decay=5e-4)
+    runs = []
+    for via_distill in (True, False):
+        student = MLP(4, (8,), 2, generator=torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(2)
+        if via_distill:
+            h = distill(student, x, teacher_logits, y, rho=0.9, temperature=4.0, epochs=3, generator=g, lr=0.05,
+                        batch_size=16, **options)
+        else:
+            h = fit(student, distillation_objective(0.9, 4.0), x, [teacher_logits, y, None], epochs=3, generator=g,
+                    lr=0.05, batch_size=16, progress=False, **options)
+        runs.append((h.loss, [p.detach().clone() for p in student.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(p, q) for p, q in zip(runs[0][1], runs[1][1]))
+    adam = MLP(4, (8,), 2, generator=torch.Generator().manual_seed(1))
+    h_adam = distill(adam, x, teacher_logits, y, rho=0.9, temperature=4.0, epochs=3,
+                     generator=torch.Generator().manual_seed(2), lr=0.05, batch_size=16)
+    assert h_adam.loss != runs[0][0]  # the default is still Adam
+    with pytest.raises(ValueError, match="momentum"):
+        distill(adam, x, teacher_logits, y, rho=0.9, temperature=4.0, epochs=1, generator=torch.Generator(),
+                momentum=0.9)
