@@ -36,6 +36,7 @@ __all__ = [
     "distill",
     "distillation_objective",
     "fit",
+    "n_predicted_classes",
     "predict_logits",
     "teacher_snapshots",
     "train_classifier",
@@ -460,6 +461,37 @@ def accuracy(model_or_logits: nn.Module | torch.Tensor, *args: torch.Tensor) -> 
         raise ValueError(f"logits and labels disagree in length: {logits.shape[0]} and {labels.shape[0]}")
     predicted = (logits > 0).long() if logits.ndim == 1 else logits.argmax(dim=1)
     return float((predicted == labels.long()).double().mean())
+
+
+def n_predicted_classes(model: nn.Module, inputs: torch.Tensor) -> int:
+    """The number of distinct classes a classifier predicts (argmax of its logits) on ``inputs``.
+
+    A trained classifier that predicts one class for every input has *collapsed*: its output no longer depends on
+    the input (e.g. every ReLU is silent), and its accuracy is the frequency of that class.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier with (N, C) logits, C >= 2, evaluated with :func:`predict_logits`.
+    inputs : torch.Tensor
+        (N, ...) inputs, N >= 1.
+
+    Returns
+    -------
+    int
+        Between 1 and min(N, C).
+
+    Raises
+    ------
+    ValueError
+        If the logits are not (N, C) with C >= 2, or ``inputs`` holds no example.
+    """
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise ValueError("inputs must be an (N, ...) tensor with N >= 1 examples")
+    logits = predict_logits(model, inputs)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"n_predicted_classes needs (N, C) logits with C >= 2, got shape {tuple(logits.shape)}")
+    return int(logits.argmax(1).unique().numel())
 
 
 def train_classifier(

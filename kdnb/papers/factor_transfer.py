@@ -113,7 +113,7 @@ def factor_channels(in_channels: int, rate: float = 0.5) -> int:
     rate = check_positive(rate, "rate")
     channels = int(round(rate * in_channels))
     if channels < 1:
-        raise ValueError(f"rate={rate:g} gives round({rate:g} * {in_channels}) = 0 factor channels; use rate >= "
+        raise ValueError(f"rate={rate:g} gives round({rate:g} * {in_channels}) = 0 factor channels; use rate > "
                          f"{0.5 / in_channels:g} for in_channels={in_channels}")
     return channels
 
@@ -470,7 +470,8 @@ def ft_loss_upper_bound(factor_size: int) -> float:
     return 2.0 / math.sqrt(check_positive_int(factor_size, "factor_size"))
 
 
-def convert_beta(beta: float, factor_size: int, source: str = "element_mean", target: str = "per_sample") -> float:
+def convert_beta(beta: float, factor_size: int, source: str = "element_mean", target: str = "per_sample",
+                 p: float = 1) -> float:
     r"""The β that gives the same training objective under another reduction of the L1 FT loss.
 
     With :math:`p = 1`, the per-sample loss is :math:`D` times the element-mean loss, so
@@ -485,6 +486,9 @@ def convert_beta(beta: float, factor_size: int, source: str = "element_mean", ta
         D, the numbers in one flattened factor, >= 1.
     source, target : {"element_mean", "per_sample"}
         The reduction β is given for, and the one it is wanted for.
+    p : float, default 1
+        Exponent of the loss. Only for p = 1 are the two reductions proportional; for another p a conversion
+        between different reductions is refused (the same reduction returns ``beta``).
 
     Returns
     -------
@@ -496,12 +500,19 @@ def convert_beta(beta: float, factor_size: int, source: str = "element_mean", ta
     TypeError
         If ``beta`` is not a real number or ``factor_size`` not an int.
     ValueError
-        If ``beta < 0``, ``factor_size < 1`` or a reduction is unknown.
+        If ``beta < 0``, ``factor_size < 1``, a reduction is unknown, ``p <= 0``, or ``p != 1`` with two different
+        reductions.
     """
     beta = check_nonnegative(beta, "beta")
     d = check_positive_int(factor_size, "factor_size")
     check_choice(source, "source", REDUCTIONS)
     check_choice(target, "target", REDUCTIONS)
+    p = _check_p(p)
+    if source == target:
+        return beta
+    if p != 1:
+        raise ValueError(f"convert_beta is exact for p = 1 only (the per-sample loss is then D times the element "
+                         f"mean); with p={p:g} the two reductions are not proportional")
     scale = {"element_mean": 1.0, "per_sample": float(d)}  # loss under each reduction, per unit element-mean loss
     return beta * scale[source] / scale[target]
 
@@ -828,9 +839,7 @@ def ft_objective(beta: float, reduction: str = "element_mean", p: float = 1, *, 
 
     The task term is the cross-entropy on the labels (``rho=0``, FT as published), or Hinton's KD loss
     :func:`kdnb.core.losses.kd_loss` with soft ratio ``rho`` and temperature ``temperature`` (``rho > 0``: FT+KD,
-    :math:`
-ho T^2 \mathrm{KL} + (1 - 
-ho)\mathrm{CE}`). With a ``labelled`` mask the cross-entropy averages over
+    :math:`\rho T^2 \mathrm{KL} + (1 - \rho)\mathrm{CE}`). With a ``labelled`` mask the cross-entropy averages over
     the labelled examples of the batch only (zero when there is none), while the FT term, which needs no label, uses
     every example: a transfer set with few labels.
 

@@ -385,3 +385,22 @@ def test_distill_with_fit_options_is_fit_with_the_distillation_objective():
     with pytest.raises(ValueError, match="momentum"):
         distill(adam, x, teacher_logits, y, rho=0.9, temperature=4.0, epochs=1, generator=torch.Generator(),
                 momentum=0.9)
+
+
+def test_n_predicted_classes_counts_distinct_argmax_classes():
+    from kdnb.core.training import n_predicted_classes
+
+    x, y = toy(40)
+    model = MLP(4, (8,), 3, generator=torch.Generator().manual_seed(0))
+    expected = predict_logits(model, x).argmax(1).unique().numel()
+    assert n_predicted_classes(model, x) == expected
+    dead = MLP(4, (8,), 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in dead.parameters():
+            p.zero_()
+        dead.net[-1].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    assert n_predicted_classes(dead, x) == 1  # a collapsed classifier
+    with pytest.raises(ValueError, match="N >= 1"):
+        n_predicted_classes(model, x[:0])
+    with pytest.raises(ValueError, match="C >= 2"):
+        n_predicted_classes(MLP(4, (8,), 1), x)

@@ -356,3 +356,11 @@ def test_ft_metrics_match_their_definitions(toy):
     assert metrics["accuracy"] == pytest.approx(float((logits.argmax(1) == y).double().mean()))
     with pytest.raises(TypeError, match="FTStudent"):
         ft.ft_metrics(teacher, x, y, factors_t)
+
+
+def test_convert_beta_refuses_p_other_than_one_across_reductions():
+    assert ft.convert_beta(7.0, 256, "per_sample", "per_sample", p=2) == 7.0
+    with pytest.raises(ValueError, match="p = 1 only"):
+        ft.convert_beta(7.0, 256, p=2)
+    with pytest.raises(ValueError, match="rate > "):
+        ft.factor_channels(4, 0.125)  # round(0.5) is 0: the message's bound is strict
