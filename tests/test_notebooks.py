@@ -179,7 +179,9 @@ def execute(path, tmp_path, monkeypatch, **parameters):
     monkeypatch.setenv("KDNB_CLAIMS_DIR", str(tmp_path / "claims"))
     monkeypatch.delenv("KDNB_PROFILE", raising=False)  # the injected parameter alone must select the profile
     out = tmp_path / path.name
-    pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(path.parent), kernel_name="python3",
+    # run in tmp_path: the chapter's figures go to tmp_path/figures, so a smoke run never overwrites the default-profile
+    # figures of notebooks/figures/ that the built book shows (nor makes Sphinx re-execute every page of `make book`)
+    pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(tmp_path), kernel_name="python3",
                         progress_bar=False)
     return json.loads(out.read_text())
 
@@ -423,7 +425,7 @@ def test_parameter_repeats_given_as_float_is_accepted_as_int(path, tmp_path, mon
     monkeypatch.setenv("KDNB_CLAIMS_DIR", str(tmp_path / "claims"))
     monkeypatch.delenv("KDNB_PROFILE", raising=False)
     out = tmp_path / "out" / path.name
-    pm.execute_notebook(str(truncated), str(out), parameters=dict(profile="smoke", repeats=2.0), cwd=str(path.parent),
+    pm.execute_notebook(str(truncated), str(out), parameters=dict(profile="smoke", repeats=2.0), cwd=str(tmp_path),
                         kernel_name="python3", progress_bar=False)
     done = json.loads(out.read_text())["cells"]
     injected = next(c for c in done if "injected-parameters" in c["metadata"].get("tags", []))
