@@ -364,7 +364,8 @@ class Quoted:
     Parameters
     ----------
     value : float
-        The number, real and finite (bools are refused); NaN is allowed and shows as "nan".
+        The number, real (bools are refused). NaN marks a number this run did not compute (a smaller profile
+        leaves some settings out) and shows as "n/a", never as "nan%"; infinities show as "∞" and "−∞".
     spec : str
         A format specification of Python's mini-language, e.g. ``".1%"``, ``".3f"``, ``"g"``, ``","``.
 
@@ -392,6 +393,10 @@ class Quoted:
 
     def __repr__(self) -> str:
         # "-0.0%" reads as a sign error in prose: a value that rounds to zero is shown without its sign.
+        if math.isnan(self.value):
+            return "n/a"
+        if math.isinf(self.value):
+            return "∞" if self.value > 0 else "−∞"
         text = format(self.value, self.spec)
         if text.startswith("-") and not any(ch in "123456789" for ch in text):
             text = text[1:]

@@ -68,6 +68,7 @@ PAPERS = (
           ("03_transfer_risk_bound", "04_data_inefficiency", "05_imperfect_teacher")),
     Paper("factor_transfer", "kim2018paraphrasing", ("06_factor_transfer",)),
     Paper("ensemble_distillation", "du2020agree", ("08_ensemble_distillation",)),
+    Paper("weakly_supervised_mil", "qu2022bidirectional", ("09_weakly_supervised_mil",)),
     Paper("spectral_student_teacher", "giambagli2023student", ("10_spectral_student_teacher",)),
     Paper("copy_or_average", "simsek2023copy", ("11_copy_or_average",)),
 )

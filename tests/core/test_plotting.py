@@ -1,5 +1,6 @@
 """Plotting helpers: the style, the readability checks of save_figure, and the numbers quoted in the prose."""
 
+import math
 import matplotlib
 
 matplotlib.use("Agg")
@@ -138,6 +139,8 @@ def test_quoted_numbers_show_their_format_without_quotes():
     assert repr(Quoted(0.97222, ".1%")) == "97.2%"
     assert str(Quoted(-1.5, ".2f")) == "−1.50"  # a typographic minus
     assert repr(Quoted(-0.0001, ".2f")) == "0.00"  # no sign on a value that rounds to zero
+    assert repr(Quoted(float("nan"), ".1%")) == "n/a"  # a number this profile did not compute, never "nan%"
+    assert repr(Quoted(float("-inf"), ".2f")) == "−∞" and math.isnan(float(Quoted(float("nan"), "g")))
     assert float(Quoted(np.float32(0.5), "g")) == 0.5
     with pytest.raises(TypeError, match="value must be a real number"):
         Quoted("0.5", "g")
