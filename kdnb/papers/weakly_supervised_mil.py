@@ -505,8 +505,8 @@ def weno_student_loss(student_logits: torch.Tensor, pseudo_labels: torch.Tensor,
     .. math:: L_S = -\frac1N \sum_{i=1}^{N} \big[w_n (1 - \hat y_i) \log(p_{i0} + \epsilon)
               + (1 - w_n)\, \hat y_i \log(p_{i1} + \epsilon)\big], \qquad p_i = \mathrm{softmax}(z_i).
 
-    The paper writes a plain cross-entropy: that is ``w_neg=0.5``, half of it (a step-size factor). The released code
-    uses ``w_neg=0.1`` (``stu_loss_weight_neg``) and ``eps=1e-5``; ``eps=0`` takes the log-softmax, exact.
+    The paper writes a plain cross-entropy: that is ``w_neg=0.5``, half of it (a step-size factor). The released
+    scripts use ``w_neg=0.1`` (``stu_loss_weight_neg``; 0.2 in one) and ``eps=1e-5``; ``eps=0`` takes the log-softmax, exact.
 
     Parameters
     ----------
@@ -600,9 +600,10 @@ def hard_positive_mask(p1: torch.Tensor, bag_labels: torch.Tensor, rule: str = "
     - ``"threshold"`` keeps :math:`p_{i1} \le \tau`: the instances the student is already sure are positive are
       hidden, so the teacher must attend to the harder ones (the paper's hard-positive mining);
     - ``"top_k"`` keeps the ``top_k`` instances of lowest :math:`p_{i1}` (the released code's ``_Top{K}``);
-    - ``"keep_above"`` keeps :math:`p_{i1} \ge \tau`, the released code's ``ThreProb{K}`` filter, which hides the
-      instances the student calls negative (the opposite direction: it filters negatives rather than mining hard
-      positives).
+    - ``"keep_above"`` keeps :math:`p_{i1} \ge \tau`, which hides the instances the student calls negative (it
+      filters negatives rather than mining hard positives): a branch of some of the released scripts that their
+      settings leave unused. The scripts that mine with ``ThreProb50`` keep :math:`p_{i1} \le 0.5`, the
+      ``"threshold"`` rule.
 
     A threshold rule that would empty a bag keeps its single instance of highest :math:`p_{i1}` instead, so no bag
     is ever empty.
@@ -712,7 +713,8 @@ def fit_weno(network: MILNetwork, bags: torch.Tensor, bag_labels: torch.Tensor, 
     Teacher phase: the bags are shuffled and each batch of ``bag_batch`` bags takes a step of the teacher loss
     (:func:`teacher_bag_loss`) on encoder and teacher head. From epoch ``mining_start`` on (1-based), positive bags
     are masked by :func:`hard_positive_mask` on the student's current predictions. The attention logits of this pass
-    give the range :math:`a_{\min}, a_{\max}` of the ``"global"`` pseudo labels, as in the released code.
+    give the range :math:`a_{\min}, a_{\max}` of the ``"global"`` pseudo labels, as in the released code (which,
+    under mining, takes it over the kept instances only; here every instance's logit counts).
     Student phase: the pseudo labels of every training instance are computed once, without gradients, from the
     current teacher (:func:`attention_pseudo_labels`); the instances are shuffled across bags and each batch of
     ``instance_batch`` takes a step of :func:`weno_student_loss` on encoder and student head. The released code
