@@ -36,7 +36,7 @@ SITE_LIMIT_MB, FIRST_LOAD_LIMIT_MB = 10.0, 2.0
 def book_env():
     """The environment of `make book`: the book is built in its own profile, with its own claims folder."""
     env = dict(os.environ)
-    for var in ("KDNB_PROFILE", "KDNB_CLAIMS_DIR", "MPLBACKEND"):
+    for var in ("KDNB_PROFILE", "KDNB_CLAIMS_DIR", "KDNB_FIGURES_DIR", "MPLBACKEND"):
         env.pop(var, None)
     return env
 

@@ -44,7 +44,7 @@ def lab(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("figures", ".ipynb_*"))
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("_ext", "_static"))
     port, token = free_port(), secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if k not in ("KDNB_PROFILE", "KDNB_CLAIMS_DIR", "MPLBACKEND")}
+    env = {k: v for k, v in os.environ.items() if k not in ("KDNB_PROFILE", "KDNB_CLAIMS_DIR", "KDNB_FIGURES_DIR", "MPLBACKEND")}
     settings = root / "settings"
     # Every cell in the page (no windowing), so that the whole chapter can be read off the DOM; no news pop-up.
     for plugin, values in {"notebook-extension/tracker": {"windowingMode": "none"},

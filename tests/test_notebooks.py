@@ -197,8 +197,8 @@ def execute(path, tmp_path, monkeypatch, probe_prose=False, **parameters):
                             "source": PROBE_CELL})
         path = tmp_path / f"probed-{path.name}"
         path.write_text(json.dumps(nb))
-    # run in tmp_path: the chapter's figures go to tmp_path/figures, so a smoke run never overwrites the default-profile
-    # figures of notebooks/figures/ that the built book shows (nor makes Sphinx re-execute every page of `make book`)
+    # run in tmp_path, with the session's KDNB_FIGURES_DIR (conftest.py): a smoke run never overwrites the
+    # default-profile figures of notebooks/figures/ that the built book shows
     pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(tmp_path), kernel_name="python3",
                         progress_bar=False)
     return json.loads(out.read_text())

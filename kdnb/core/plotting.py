@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 from numbers import Real
 from pathlib import Path
@@ -325,7 +326,10 @@ def save_figure(fig: "matplotlib.figure.Figure", path: str | Path) -> None:
         The figure; it is always closed, also when it is refused.
     path : str or pathlib.Path
         Where to write it: a relative path ending in ``.png``, resolved against the working directory (the
-        notebook's folder in JupyterLab, MyST-NB and papermill with ``--cwd``). Missing folders are created.
+        notebook's folder in JupyterLab, MyST-NB and papermill with ``--cwd``), or against the folder named by the
+        environment variable ``KDNB_FIGURES_DIR`` when it is set. The test session sets it, so that chapters run
+        by the tests (nbval executes them in ``notebooks/``) never overwrite the figures the built book shows, nor
+        make Sphinx take every chapter as changed. Missing folders are created.
 
     Raises
     ------
@@ -349,8 +353,10 @@ def save_figure(fig: "matplotlib.figure.Figure", path: str | Path) -> None:
         problems = figure_problems(fig)
         if problems:
             raise ValueError(f"figure {str(path)!r} cannot be read on the page:\n- " + "\n- ".join(problems))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_render_png(fig, FIGURE_DPI))
+        root = os.environ.get("KDNB_FIGURES_DIR")
+        target = Path(root) / path if root else path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_render_png(fig, FIGURE_DPI))
     finally:
         plt.close(fig)
 

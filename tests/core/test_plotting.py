@@ -1,6 +1,7 @@
 """Plotting helpers: the style, the readability checks of save_figure, and the numbers quoted in the prose."""
 
 import math
+import os
 import matplotlib
 
 matplotlib.use("Agg")
@@ -28,6 +29,7 @@ def test_use_style_sets_the_book_defaults():
 def test_save_figure_writes_a_png_of_the_checked_figure_and_closes_it(tmp_path, monkeypatch):
     use_style()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KDNB_FIGURES_DIR", raising=False)
     fig, _ = labelled()
     save_figure(fig, "figures/ch/plot.png")
     png = (tmp_path / "figures" / "ch" / "plot.png").read_bytes()
@@ -35,6 +37,25 @@ def test_save_figure_writes_a_png_of_the_checked_figure_and_closes_it(tmp_path, 
     width = int.from_bytes(png[16:20], "big")
     assert 500 < width <= 800  # 6.4 inches at 100 dpi, tight bounding box
     assert not plt.fignum_exists(fig.number)
+
+
+def test_save_figure_writes_under_kdnb_figures_dir_when_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDNB_FIGURES_DIR", str(tmp_path / "elsewhere"))
+    fig, _ = labelled()
+    save_figure(fig, "figures/ch/plot.png")
+    assert (tmp_path / "elsewhere" / "figures" / "ch" / "plot.png").is_file()
+    assert not (tmp_path / "figures").exists()
+
+
+def test_the_test_session_keeps_chapter_figures_out_of_the_book():
+    """nbval runs the chapters in notebooks/: their smoke figures must not replace the book's (nor make `make book`
+    after `make test` re-execute every chapter, since the figures are dependencies of the pages)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    figures = Path(os.environ["KDNB_FIGURES_DIR"]).resolve()
+    assert root / "notebooks" not in [figures, *figures.parents]
 
 
 def test_save_figure_refuses_bad_paths_and_closes_the_figure(tmp_path, monkeypatch):
