@@ -67,6 +67,7 @@ PAPERS = (
     Paper("wide_network_kd", "ji2020knowledge",
           ("03_transfer_risk_bound", "04_data_inefficiency", "05_imperfect_teacher")),
     Paper("factor_transfer", "kim2018paraphrasing", ("06_factor_transfer",)),
+    Paper("gan_compression_vem", "kang2022information", ("07_gan_compression_vem",)),
     Paper("ensemble_distillation", "du2020agree", ("08_ensemble_distillation",)),
     Paper("weakly_supervised_mil", "qu2022bidirectional", ("09_weakly_supervised_mil",)),
     Paper("spectral_student_teacher", "giambagli2023student", ("10_spectral_student_teacher",)),
