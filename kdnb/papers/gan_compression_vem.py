@@ -46,6 +46,7 @@ from torch import nn
 
 from kdnb.core.models import MLP, initialize_from
 from kdnb.core.progress import progress_bar
+from kdnb.core.runtime import float64_device
 from kdnb.core.validation import (
     check_choice,
     check_finite_tensor,
@@ -182,8 +183,8 @@ def _check_1d_inputs(energy, t, s, grid):
     grid = _check_grid(grid)
     step = float(grid[1] - grid[0])
     grid = grid.to(device=device, dtype=dtype)
-    t = check_finite_tensor(t, "t").to(dtype)
-    s = check_finite_tensor(s, "s").to(dtype)
+    t = check_finite_tensor(t, "t").to(device=device, dtype=dtype)
+    s = check_finite_tensor(s, "s").to(device=device, dtype=dtype)
     if t.reshape(len(t), -1).shape[1] != 1:
         raise ValueError(f"t must be one-dimensional per example (shape (N,) or (N, 1)), got {tuple(t.shape)}")
     if len(t) != len(s):
@@ -223,8 +224,9 @@ def grid_log_q(energy: nn.Module, t: torch.Tensor, s: torch.Tensor, grid: torch.
         If the grid is not uniform and increasing, ``t`` is not one-dimensional, or the batch sizes differ.
     """
     t, s, grid, step = _check_1d_inputs(energy, t, s, grid)
-    log_z = torch.logsumexp(-_grid_energies(energy, s, grid).to(F64), dim=1) + math.log(step)
-    return -energy(t.reshape(-1, 1), s).to(F64) - log_z
+    exact = float64_device(grid.device)  # MPS has no float64: the normalisation then runs on the CPU
+    log_z = torch.logsumexp(-_grid_energies(energy, s, grid).to(exact, F64), dim=1) + math.log(step)
+    return -energy(t.reshape(-1, 1), s).to(exact, F64) - log_z
 
 
 def grid_sample(energy: nn.Module, s: torch.Tensor, grid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -252,7 +254,7 @@ def grid_sample(energy: nn.Module, s: torch.Tensor, grid: torch.Tensor, generato
 
 
 def _mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    values = values.detach().to(F64).reshape(-1)
+    values = values.detach().cpu().to(F64).reshape(-1)
     if len(values) < 2:
         raise ValueError(f"need at least 2 samples for a standard error, got {len(values)}")
     return float(values.mean()), float(values.std(unbiased=True) / math.sqrt(len(values)))
@@ -301,7 +303,7 @@ def paired_gap(log_q: torch.Tensor, log_p: torch.Tensor) -> tuple[float, float]:
     if log_q.shape != log_p.shape:
         raise ValueError(f"log_q and log_p must have the same shape, got {tuple(log_q.shape)} and "
                          f"{tuple(log_p.shape)}")
-    return _mean_and_se(log_q.to(F64) - log_p.to(F64))
+    return _mean_and_se(log_q.detach().cpu().to(F64) - log_p.detach().cpu().to(F64))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -762,10 +764,12 @@ def fit_energy(energy: nn.Module, channel, *, method: str = "grid_nll", iteratio
     log_p_eval = channel.log_p(t_eval, s_eval)
     optimiser = torch.optim.Adam(energy.parameters(), lr=lr, betas=betas)
     grid_dtype = next(energy.parameters()).dtype
+    grid_device = next(energy.parameters()).device
     history = {"iteration": [], "bound": [], "bound_se": [], "gap": [], "gap_se": []}
 
     def evaluate(iteration):
-        exact = copy.deepcopy(energy).to(F64)  # the bound is evaluated in float64 whatever the training dtype
+        # the bound is evaluated in float64 whatever the training dtype (on the CPU where the device has none)
+        exact = copy.deepcopy(energy).to(float64_device(grid_device), F64)
         with torch.no_grad():
             log_q = torch.cat([grid_log_q(exact, t_eval[i:i + 2000], s_eval[i:i + 2000], grid)
                                for i in range(0, n_eval, 2000)])
@@ -777,7 +781,7 @@ def fit_energy(energy: nn.Module, channel, *, method: str = "grid_nll", iteratio
     if 0 in marks:
         evaluate(0)
     for iteration in progress_bar(range(1, iterations + 1), desc=desc or f"EBM ({method})"):
-        s, t = (x.to(grid_dtype) for x in channel.sample(batch_size, generator))
+        s, t = (x.to(grid_device, grid_dtype) for x in channel.sample(batch_size, generator))
         if method == "grid_nll":
             loss = -grid_log_q(energy, t, s, grid).mean()
         else:
