@@ -347,6 +347,16 @@ def test_parameters_declared_once_and_passed_in_one_call(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_papermill_lists_every_parameter_with_its_help(path):
+    # papermill --help-notebook (and inspect_notebook) skips, with only a log line, any parameter line holding a
+    # second "=": a comment that writes ">= 2" hides its parameter from the reader who asks papermill for them.
+    defaults, _, _ = declarations(path)
+    listed = pm.inspect_notebook(str(path))
+    assert list(listed) == list(defaults), "papermill does not see every parameter: keep '=' out of their comments"
+    assert all(p["help"] for p in listed.values()), "every parameter has a comment, its help in papermill"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_parameters_at_their_defaults_leave_every_profile_row_unchanged(path):
     """With the first cell's defaults, resolving changes no value and no type of any profile's settings."""
     defaults, table, declared = declarations(path)
