@@ -13,6 +13,8 @@ os.environ.setdefault("KDNB_CLAIMS_DIR", tempfile.mkdtemp(prefix="kdnb-test-clai
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Figures of chapters run by the tests go here, not to notebooks/figures/ (see kdnb.core.plotting.save_figure).
 os.environ.setdefault("KDNB_FIGURES_DIR", tempfile.mkdtemp(prefix="kdnb-test-figures-"))
+# Trained weights cached by the chapters run in tests stay in the session (see kdnb.core.cache).
+os.environ.setdefault("KDNB_CACHE_DIR", tempfile.mkdtemp(prefix="kdnb-test-cache-"))
 
 from kdnb.core.runtime import configure_allocator  # noqa: E402  (the setting of every chapter; see kdnb.core.runtime)
 

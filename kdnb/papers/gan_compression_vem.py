@@ -108,7 +108,8 @@ class ConditionalEnergy(nn.Module):
     t_dim, s_dim : int
         Dimensions of the teacher output ``t`` and the student output ``s``, each >= 1.
     hidden : sequence of int, default (64, 64)
-        Hidden widths of the :class:`kdnb.core.models.MLP` (SiLU-free ReLU network, PyTorch's initialisation).
+        Hidden widths of the :class:`kdnb.core.models.MLP` (GELU activations, smooth so that Langevin's input
+        gradients are; PyTorch's initialisation).
     generator : torch.Generator, optional
         Generator of the initial weights.
     dtype : torch.dtype, default torch.float32
@@ -548,12 +549,16 @@ def bimodal_channel(noise: float = 0.3) -> BimodalChannel:
 def langevin(energy: nn.Module, s: torch.Tensor, steps: int, step_size: float, noise_std: float | None = None, *,
              generator: torch.Generator, init: str = "student", init_std: float = 1.0, kind: str = "decoupled",
              clamp: tuple[float, float] | None = None) -> torch.Tensor:
-    """Short-run Langevin samples ``t̃ ~ q_theta(t | s)``, started at the student output, detached.
+    """Short-run Langevin negatives ``t̃`` for ``q_theta(t | s)``, started at the student output, detached.
 
     ``kind="decoupled"`` (the released code, ``forward_EBM``): ``t ← t − step_size ∇_t E(t, s) + noise_std ε``.
     ``kind="ula"`` (the textbook unadjusted Langevin algorithm): ``t ← t − (step_size/2) ∇_t E + sqrt(step_size) ε``,
-    whose chain targets ``q_theta`` as ``step_size → 0``. The paper asks for an MCMC sampler started at ``s`` and
-    names neither; the released code is the default. ``s`` is detached: the chain never reaches the student.
+    whose chain targets ``q_theta`` as ``step_size → 0`` with ``steps · step_size → ∞`` (with a bias of order
+    ``step_size`` otherwise). The decoupled chain is the same algorithm at another temperature: for small steps it
+    is stationary at ``∝ exp(−2 step_size E / noise_std²)``, i.e. ``q_theta`` at the temperature
+    ``noise_std² / (2 step_size)`` (2.5·10⁻⁴ at the released 0.05 and 0.005: close to descending the energy). The
+    paper asks for an MCMC sampler started at ``s`` and names neither; the released code is the default. ``s`` is
+    detached: the chain never reaches the student.
 
     Parameters
     ----------
@@ -1246,8 +1251,8 @@ class ConvGenerator(nn.Module):
     """A small conv encoder-decoder with a residual output: ``G(x) = x + f(x)``.
 
     ``f``: 3×3 conv (1 → c1), 4×4 stride-2 conv (c1 → c2), 3×3 conv (c2 → c2), 4×4 stride-2 transposed conv
-    (c2 → c1), 3×3 conv (c1 → 1), LeakyReLU(0.2) between. ``channels=(32, 64)`` has about 9·10⁴ parameters;
-    ``(4, 8)`` (1/8 of the channels) about 1.5·10³.
+    (c2 → c1), 3×3 conv (c1 → 1), LeakyReLU(0.2) between. ``channels=(32, 64)`` has 103,169 parameters;
+    ``(4, 8)`` (1/8 of the channels) 1,697, about 1/61.
 
     Parameters
     ----------
