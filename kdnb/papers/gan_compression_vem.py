@@ -312,8 +312,31 @@ def paired_gap(log_q: torch.Tensor, log_p: torch.Tensor) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class _Channel:
+    """A 1-D channel: ``s ~ N(0, 1)``, then ``t`` drawn given ``s`` by the subclass's ``_teacher_given``."""
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` pairs from the channel.
+
+        Parameters
+        ----------
+        n : int
+            Number of pairs, >= 1.
+        generator : torch.Generator
+            CPU generator of the draws.
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            ``(s, t)``, each of shape (n,), float64.
+        """
+        n = check_positive_int(n, "n")
+        s = torch.randn(n, generator=generator, dtype=F64)
+        return s, self._teacher_given(s, generator)
+
+
 @dataclass(frozen=True)
-class GaussianChannel:
+class GaussianChannel(_Channel):
     """``s ~ N(0, 1)``, ``t = rho s + sqrt(1 - rho^2) eps``: ``I(T; S) = -½ log(1 - rho²)`` nats.
 
     Its conditional ``p(t|s)`` is Gaussian, so the best Gaussian-family bound is tight (``gaussian_bound == I``).
@@ -342,24 +365,8 @@ class GaussianChannel:
         """The best bound over conditional Gaussians, here equal to ``I`` (nats)."""
         return self.mutual_information
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` pairs from the channel.
-
-        Parameters
-        ----------
-        n : int
-            Number of pairs, >= 1.
-        generator : torch.Generator
-            CPU generator of the draws.
-
-        Returns
-        -------
-        (torch.Tensor, torch.Tensor)
-            ``(s, t)``, each of shape (n,), float64.
-        """
-        n = check_positive_int(n, "n")
-        s = torch.randn(n, generator=generator, dtype=F64)
-        return s, self.rho * s + math.sqrt(1 - self.rho**2) * torch.randn(n, generator=generator, dtype=F64)
+    def _teacher_given(self, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.rho * s + math.sqrt(1 - self.rho**2) * torch.randn(len(s), generator=generator, dtype=F64)
 
     def log_p(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The true conditional log-density ``log p(t | s)`` in nats.
@@ -409,7 +416,7 @@ def _normal_expectation(fn: Callable[[np.ndarray], np.ndarray], n: int = 20001, 
 
 
 @dataclass(frozen=True)
-class BimodalChannel:
+class BimodalChannel(_Channel):
     """``s ~ N(0, 1)``, ``t = B s + noise · eps`` with a fair sign ``B = ±1``: a bimodal ``p(t | s)``.
 
     ``B s`` is again standard normal, so ``T ~ N(0, 1 + noise²)`` and ``H(T)`` is closed-form; ``H(T|S)`` (hence
@@ -458,25 +465,9 @@ class BimodalChannel:
         return self.entropy_t - 0.5 * math.log(2 * math.pi * math.e) - 0.5 * _normal_expectation(
             lambda s: np.log(s**2 + sigma2))
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` pairs from the channel.
-
-        Parameters
-        ----------
-        n : int
-            Number of pairs, >= 1.
-        generator : torch.Generator
-            CPU generator of the draws.
-
-        Returns
-        -------
-        (torch.Tensor, torch.Tensor)
-            ``(s, t)``, each of shape (n,), float64.
-        """
-        n = check_positive_int(n, "n")
-        s = torch.randn(n, generator=generator, dtype=F64)
-        sign = torch.randint(0, 2, (n,), generator=generator).to(F64) * 2 - 1
-        return s, sign * s + self.noise * torch.randn(n, generator=generator, dtype=F64)
+    def _teacher_given(self, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        sign = torch.randint(0, 2, (len(s),), generator=generator).to(F64) * 2 - 1
+        return sign * s + self.noise * torch.randn(len(s), generator=generator, dtype=F64)
 
     def log_p(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The true conditional log-density ``log p(t | s)`` in nats.
