@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-__all__ = ["cache_dir", "cache_key", "load_or_fit"]
+__all__ = ["cache_dir", "cache_key", "check_entry_name", "load_or_fit"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
@@ -46,6 +46,33 @@ def cache_dir() -> Path | None:
         return Path(configured).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kdnb"
+
+
+def check_entry_name(name, argument: str = "name") -> str:
+    """Return ``name`` after checking it can name a folder of the cache.
+
+    Parameters
+    ----------
+    name : str
+        Letters, digits, ``_``, ``.`` and ``-``, 1 to 100 characters, starting with a letter or digit (so no path
+        separator, no hidden folder, no ``..``).
+    argument : str, default "name"
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    str
+        ``name``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a str of that form.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{argument} must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or "
+                         f"digit; got {name!r}")
+    return name
 
 
 def cache_key(settings: Mapping, code: Sequence[ModuleType] = ()) -> str:
@@ -129,9 +156,7 @@ def load_or_fit(module: nn.Module, fit: Callable[[], object], *, name: str, sett
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not callable(fit):
         raise TypeError(f"fit must be callable, got {type(fit).__name__}")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"name must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit; "
-                         f"got {name!r}")
+    name = check_entry_name(name)
     tensors = [*module.parameters(), *module.buffers()]
     # Training on another device gives other weights: the module's device is part of the key.
     device = str(tensors[0].device) if tensors else "none"

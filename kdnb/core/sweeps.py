@@ -1,10 +1,16 @@
-"""Experiment helpers: run a function over a grid of settings and repeats, collecting a tidy table; fit power laws;
-measure relative errors."""
+"""Experiment helpers: run a function over a grid of settings and repeats, collecting a tidy table (in this process,
+or on an executor's workers, resumable after a kill); fit power laws; measure relative errors."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import json
 import math
+import numbers
+import os
+import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -15,7 +21,8 @@ from .progress import progress_bar
 from .runtime import float64_device
 from .validation import check_positive_int
 
-__all__ = ["PowerLawFit", "power_law_fit", "power_law_slopes", "relative_error", "sweep"]
+__all__ = ["PowerLawFit", "SweepTaskError", "executor_from_env", "power_law_fit", "power_law_slopes", "relative_error",
+           "sweep"]
 
 
 def sweep(
@@ -25,12 +32,26 @@ def sweep(
     *,
     desc: str = "sweep",
     progress: bool | None = None,
+    executor: Executor | None = None,
+    resume: Mapping[str, Any] | None = None,
 ):
     """Call ``function(**setting, repeat=r)`` for every point of the grid and every repeat ``r``.
 
     ``function`` returns a mapping of measured values; the result is a pandas DataFrame with one row per call, holding
     the setting, the repeat and the measurements. Settings are visited in the grid's order (last axis fastest), so
     the same grid gives the same table.
+
+    By default the calls run one after another in this process. With an ``executor`` (a chapter passes
+    :func:`executor_from_env`, which reads ``KDNB_EXECUTOR``) each (setting, repeat) is a task of its own, sent with cloudpickle to the executor's
+    workers, and the table is assembled in the grid's order whatever the order of completion. The table is then the
+    in-process one only if ``function`` draws every random number from generators made from its arguments (as
+    ``run.generator_for(..., repeat)`` does), never from torch's global generator, whose state a worker does not
+    share, and returns its measurements only: what it stores elsewhere (a model kept in a dict of the notebook) stays
+    in the worker. Each worker sets torch's thread count as this process does.
+
+    With ``resume``, each finished task's measurements are written to kdnb's cache (:mod:`kdnb.core.cache`) as it
+    completes, and a sweep started again with the same ``resume`` (after a crash or a ``kill -9``, say) computes only
+    the tasks that are missing.
 
     Parameters
     ----------
@@ -47,6 +68,14 @@ def sweep(
         Show a tqdm progress bar (removed when the sweep ends): ``True`` always, ``False`` never, ``None`` only where
         someone watches (in a Jupyter kernel or when standard error is a terminal; see
         :func:`kdnb.core.progress.progress_bar`); keyword-only.
+    executor : concurrent.futures.Executor or None, default None
+        Where the tasks run: a ``ProcessPoolExecutor``, Dask's ``Client.get_executor()``, any ``Executor``; None
+        runs them in this process, in order, as before executors existed. The measurements must be numbers,
+        strings, booleans or None there: they cross processes as a table, never as pickled objects.
+    resume : mapping or None, default None
+        ``{"name": str, "settings": mapping}``: the cache entry's name (as in :func:`kdnb.core.cache.load_or_fit`)
+        and everything ``function`` depends on beyond its arguments (the chapter's profile, seed and parameters);
+        the function's source is added to the key when it can be read. None keeps nothing on disk.
 
     Returns
     -------
@@ -57,11 +86,15 @@ def sweep(
     Raises
     ------
     TypeError
-        If ``function`` is not callable or returns something that is not a mapping, ``repeats`` is not an int, or
-        ``progress`` is neither None nor a bool.
+        If ``function`` is not callable or returns something that is not a mapping, ``repeats`` is not an int,
+        ``progress`` is neither None nor a bool, ``executor`` is not an Executor, or (with an executor or
+        ``resume``) a measurement is not a number, a string, a bool or None.
     ValueError
         If ``grid`` is not a non-empty mapping, one of its values is not a non-empty sequence, it has a ``"repeat"``
-        axis, or ``repeats`` < 1.
+        axis, ``repeats`` < 1, or ``resume`` is not of the form above.
+    SweepTaskError
+        If a task fails in an executor's worker: the message names its setting and repeat, and the worker's error
+        is its cause.
     """
     import pandas as pd
 
@@ -76,19 +109,217 @@ def sweep(
         raise ValueError("'repeat' is reserved for the repeat index; rename that grid axis")
     repeats = check_positive_int(repeats, "repeats")
 
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(f"executor must be a concurrent.futures.Executor or None, got {type(executor).__name__}")
+    store = _ResumeStore(function, resume) if resume is not None else None
+
     keys = list(grid)
     points = list(itertools.product(*(grid[k] for k in keys)))
-    rows = []
-    with progress_bar(total=len(points) * repeats, desc=desc, enabled=progress, name="progress") as bar:
-        for values in points:
-            setting = dict(zip(keys, values))
-            for r in range(repeats):
-                measured = function(**setting, repeat=r)
-                if not isinstance(measured, Mapping):
-                    raise TypeError("function must return a mapping of measured values")
-                rows.append({**setting, "repeat": r, **measured})
+    if executor is None and store is None:  # the plain loop, as it has always been
+        rows = []
+        with progress_bar(total=len(points) * repeats, desc=desc, enabled=progress, name="progress") as bar:
+            for values in points:
+                setting = dict(zip(keys, values))
+                for r in range(repeats):
+                    measured = function(**setting, repeat=r)
+                    if not isinstance(measured, Mapping):
+                        raise TypeError("function must return a mapping of measured values")
+                    rows.append({**setting, "repeat": r, **measured})
+                    bar.update()
+        return pd.DataFrame(rows)
+
+    tasks = [(dict(zip(keys, values)), r) for values in points for r in range(repeats)]
+    results: dict[int, dict] = {}
+    with progress_bar(total=len(tasks), desc=desc, enabled=progress, name="progress") as bar:
+        for i, (setting, r) in enumerate(tasks):
+            if store is not None and (found := store.read(setting, r)) is not None:
+                results[i] = found
                 bar.update()
-    return pd.DataFrame(rows)
+
+        def finish(i, measured):
+            setting, r = tasks[i]
+            results[i] = _plain_measurements(measured, setting, r)
+            if store is not None:
+                store.write(setting, r, results[i])
+            bar.update()
+
+        missing = [i for i in range(len(tasks)) if i not in results]
+        if executor is None:
+            for i in missing:
+                setting, r = tasks[i]
+                finish(i, function(**setting, repeat=r))
+        else:
+            try:
+                import cloudpickle  # pickles a chapter's closures by value, as the standard pickle cannot
+            except ImportError:
+                raise ImportError("a sweep on an executor needs cloudpickle: pip install -e .[cluster]") from None
+            payload = cloudpickle.dumps(function)
+            threads = torch.get_num_threads()
+            futures = {executor.submit(_run_task, payload, tasks[i][0], tasks[i][1], threads): i for i in missing}
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    try:
+                        measured = future.result()
+                    except Exception as error:
+                        setting, r = tasks[i]
+                        raise SweepTaskError(f"the task {setting!r}, repeat {r} failed: "
+                                             f"{type(error).__name__}: {error}") from error
+                    finish(i, measured)
+            finally:
+                for future in futures:
+                    future.cancel()
+    return pd.DataFrame([{**tasks[i][0], "repeat": tasks[i][1], **results[i]} for i in range(len(tasks))])
+
+
+class SweepTaskError(RuntimeError):
+    """A task of :func:`sweep` failed in an executor's worker; the message names its setting and repeat."""
+
+
+def _run_task(payload: bytes, setting: dict, repeat: int, threads: int) -> dict:
+    """One (setting, repeat) in a worker: the function unpickled, torch's threads as in the parent."""
+    import cloudpickle
+
+    torch.set_num_threads(threads)
+    function = cloudpickle.loads(payload)
+    measured = function(**setting, repeat=repeat)
+    return _plain_measurements(measured, setting, repeat)
+
+
+_PLAIN = (numbers.Number, str, bool, type(None), np.generic)
+
+
+def _plain_measurements(measured, setting, repeat) -> dict:
+    """``measured`` as a dict of Python scalars, or a TypeError naming the measurement that is not one."""
+    if not isinstance(measured, Mapping):
+        raise TypeError("function must return a mapping of measured values")
+    out = {}
+    for name, value in measured.items():
+        if not isinstance(value, _PLAIN):
+            raise TypeError(f"measurement {name!r} of {setting!r}, repeat {repeat} is a {type(value).__name__}: "
+                            "with an executor or resume, measurements must be numbers (float(...) of a tensor), strings, bools "
+                            "or None")
+        out[name] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+class _ResumeStore:
+    """Per-task measurements in kdnb's cache: ``cache_dir()/<name>/<key>.json``, written atomically."""
+
+    def __init__(self, function, resume):
+        from . import cache
+
+        if not isinstance(resume, Mapping) or set(resume) != {"name", "settings"}:
+            raise ValueError("resume must be a mapping with exactly the keys 'name' and 'settings', got "
+                             f"{resume!r}")
+        name = cache.check_entry_name(resume["name"], "resume['name']")
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):  # a builtin or a function without a file: its settings must say it all
+            source = getattr(function, "__qualname__", repr(type(function)))
+        self.root = cache.cache_dir()
+        self.folder = None if self.root is None else self.root / name
+        self.base = cache.cache_key({"settings": resume["settings"], "function": source})
+
+    def _path(self, setting, repeat):
+        from . import cache
+
+        if self.folder is None:
+            return None
+        key = cache.cache_key({"base": self.base, "setting": {k: _json_value(v) for k, v in setting.items()},
+                               "repeat": repeat})
+        return self.folder / f"{key}.json"
+
+    def read(self, setting, repeat):
+        path = self._path(setting, repeat)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):  # a partial or corrupt file: computed again and overwritten
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("measured"), dict):
+            return None
+        return entry["measured"]
+
+    def write(self, setting, repeat, measured):
+        path = self._path(setting, repeat)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump({"measured": measured}, stream, allow_nan=True)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+def _json_value(value):
+    """A grid value as JSON can key it: numbers, strings and bools as they are, anything else by its repr."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    return repr(value)
+
+
+def executor_from_env():
+    """The executor ``KDNB_EXECUTOR`` names, for :func:`sweep`.
+
+    * unset or empty: None (the sweep runs in this process);
+    * ``processes:N``: a ``concurrent.futures.ProcessPoolExecutor`` of ``N >= 1`` workers (``spawn`` start, so
+      that no worker inherits torch's threads);
+    * ``tcp://host:port`` (or any other address with ``://``): a Dask scheduler, through
+      ``distributed.Client(address).get_executor()`` (``pip install -e .[cluster]``).
+
+    Returns
+    -------
+    concurrent.futures.Executor or None
+
+    Raises
+    ------
+    ValueError
+        If ``KDNB_EXECUTOR`` is set to anything else, or ``N`` is not a positive integer.
+    ImportError
+        If it names a Dask scheduler and ``distributed`` is not installed.
+    """
+    raw = os.environ.get("KDNB_EXECUTOR", "").strip()
+    if not raw:
+        return None
+    if raw.startswith("processes:"):
+        count = raw.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"KDNB_EXECUTOR=processes:N needs a positive integer N, got {raw!r}")
+        return _shared_pool(int(count))
+    if "://" in raw:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError(f"KDNB_EXECUTOR={raw!r} names a Dask scheduler, but distributed is not installed: "
+                              "pip install -e .[cluster]") from None
+        if raw not in _CLIENTS:  # one connection per scheduler and process, reused by every sweep
+            _CLIENTS[raw] = Client(raw)
+        return _CLIENTS[raw].get_executor()
+    raise ValueError(f"KDNB_EXECUTOR must be unset, 'processes:N' or a Dask scheduler address such as "
+                     f"'tcp://127.0.0.1:8786', got {raw!r}")
+
+
+_POOLS: dict[int, Executor] = {}
+_CLIENTS: dict[str, Any] = {}
+
+
+def _shared_pool(workers: int) -> Executor:
+    # One pool per size and process: a chapter's sweeps reuse its workers instead of starting new ones each time.
+    if workers not in _POOLS:
+        import multiprocessing
+
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return _POOLS[workers]
 
 
 @dataclass(frozen=True)

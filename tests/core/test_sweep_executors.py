@@ -1,0 +1,218 @@
+"""kdnb.core.sweeps.sweep on an executor's workers and resumed after a kill: the same table, bit for bit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kdnb.core import sweeps
+from kdnb.core.models import MLP
+from kdnb.core.sweeps import SweepTaskError, executor_from_env, sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = {"width": [4, 8], "lr": [1e-2, 3e-2]}
+
+
+def train_a_little(width, lr, repeat):
+    """A few Adam steps of a small MLP, every draw from a generator made from (width, lr, repeat)."""
+    g = torch.Generator().manual_seed(1000 * width + int(lr * 1e4) + repeat)
+    x, y = torch.randn(64, 3, generator=g), torch.randn(64, 1, generator=g)
+    model = MLP(3, [width], 1, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(20):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return {"loss": loss.item(), "first_weight": model.net[0].weight[0, 0].item()}
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """The 2-worker pool that KDNB_EXECUTOR=processes:2 names, started once for this module."""
+    executor = sweeps._shared_pool(2)
+    yield executor
+    sweeps._POOLS.pop(2).shutdown()
+
+
+def test_a_process_pool_gives_the_in_process_table_bit_for_bit(pool):
+    alone = sweep(train_a_little, GRID, repeats=2, progress=False)
+    pooled = sweep(train_a_little, GRID, repeats=2, progress=False, executor=pool)
+    pd.testing.assert_frame_equal(alone, pooled, check_exact=True)
+
+
+def test_a_closure_of_a_notebook_crosses_to_the_workers(pool):
+    offset = 0.5  # captured by value, as a chapter's functions capture its settings
+
+    def shifted(width, lr, repeat):
+        return {"loss": train_a_little(width, lr, repeat)["loss"] + offset}
+
+    alone = sweep(shifted, GRID, progress=False)
+    pd.testing.assert_frame_equal(alone, sweep(shifted, GRID, progress=False, executor=pool), check_exact=True)
+
+
+def test_a_failing_task_names_its_setting_and_repeat(pool):
+    def fails_at(width, lr, repeat):
+        if width == 8 and repeat == 1:
+            raise ArithmeticError("diverged")
+        return {"loss": 0.0}
+
+    with pytest.raises(SweepTaskError, match=r"\{'width': 8, 'lr': 0.0[13]\}, repeat 1 failed: ArithmeticError: "
+                                             "diverged"):
+        sweep(fails_at, GRID, repeats=2, progress=False, executor=pool)
+
+
+def test_only_numbers_cross_processes(pool):
+    with pytest.raises(SweepTaskError, match="measurement 'model'.*is a Linear"):
+        sweep(lambda width, lr, repeat: {"model": torch.nn.Linear(1, 1)}, GRID, progress=False, executor=pool)
+    with pytest.raises(SweepTaskError, match="measurement 'loss'.*is a Tensor.*float"):
+        sweep(lambda width, lr, repeat: {"loss": torch.zeros(())}, GRID, progress=False, executor=pool)
+    with pytest.raises(TypeError, match="executor must be"):
+        sweep(train_a_little, GRID, progress=False, executor="processes:2")
+
+
+def test_kdnb_executor_names_the_executor(monkeypatch, pool):
+    monkeypatch.delenv("KDNB_EXECUTOR", raising=False)
+    assert executor_from_env() is None
+    monkeypatch.setenv("KDNB_EXECUTOR", "processes:2")
+    assert executor_from_env() is pool and isinstance(pool, ProcessPoolExecutor)  # one pool per size, reused
+    for bad in ("processes:0", "processes:two", "threads", "8786"):
+        monkeypatch.setenv("KDNB_EXECUTOR", bad)
+        with pytest.raises(ValueError, match="KDNB_EXECUTOR"):
+            executor_from_env()
+
+
+def test_without_an_executor_a_sweep_stays_in_this_process_and_with_one_it_does_not(monkeypatch, pool):
+    monkeypatch.setenv("KDNB_EXECUTOR", "processes:2")  # read by executor_from_env only, never by sweep itself
+    kept = []
+
+    def keeps(width, lr, repeat):
+        kept.append(width)  # a side effect: seen here only when the task runs here
+        return {"pid": os.getpid()}
+
+    assert set(sweep(keeps, GRID, progress=False)["pid"]) == {os.getpid()} and len(kept) == 4
+    elsewhere = sweep(keeps, GRID, progress=False, executor=pool)
+    assert os.getpid() not in set(elsewhere["pid"]) and len(kept) == 4
+
+
+def test_resume_computes_nothing_twice_and_recomputes_a_corrupt_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDNB_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def counted(width, lr, repeat):
+        calls.append((width, lr, repeat))
+        return train_a_little(width, lr, repeat)
+
+    resume = {"name": "toy-sweep", "settings": {"profile": "smoke"}}
+    first = sweep(counted, GRID, repeats=2, progress=False, resume=resume)
+    assert len(calls) == 8
+    again = sweep(counted, GRID, repeats=2, progress=False, resume=resume)
+    assert len(calls) == 8
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    pd.testing.assert_frame_equal(first, sweep(train_a_little, GRID, repeats=2, progress=False), check_exact=True)
+    entries = sorted((tmp_path / "toy-sweep").glob("*.json"))
+    assert len(entries) == 8
+    entries[3].write_text('{"measured": {"loss": ')  # a write cut short
+    pd.testing.assert_frame_equal(first, sweep(counted, GRID, repeats=2, progress=False, resume=resume),
+                                  check_exact=True)
+    assert len(calls) == 9
+    sweep(counted, GRID, repeats=2, progress=False, resume={**resume, "settings": {"profile": "default"}})
+    assert len(calls) == 17, "other settings are other entries"
+
+
+def test_bad_resume_is_refused():
+    for bad in ({"name": "x"}, {"name": "../x", "settings": {}}, ["x", {}]):
+        with pytest.raises(ValueError, match="resume"):
+            sweep(train_a_little, GRID, progress=False, resume=bad)
+
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys, json
+    from kdnb.core.sweeps import sweep
+
+    def task(x, repeat):
+        with open(os.environ["LOG"], "a") as log:
+            log.write(f"{x} {repeat}\\n")
+        if os.environ.get("KILL_AT") == f"{x} {repeat}":
+            os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 would, mid-sweep
+        return {"value": (x + 0.1) ** 0.5 * (repeat + 1)}
+
+    table = sweep(task, {"x": list(range(6))}, repeats=2, progress=False,
+                  resume={"name": "killed", "settings": {"version": 1}})
+    print(json.dumps(table["value"].tolist()))
+""")
+
+
+def test_a_sweep_killed_with_sigkill_resumes_with_only_the_missing_tasks(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT)
+    log = tmp_path / "log.txt"
+    env = {**os.environ, "KDNB_CACHE_DIR": str(tmp_path / "cache"), "LOG": str(log), "KILL_AT": "3 1"}
+    killed = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    done_before = log.read_text().split("\n")[:-1]
+    assert done_before[-1] == "3 1" and len(done_before) == 8
+    log.unlink()
+    env.pop("KILL_AT")
+    resumed = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True,
+                             check=True)
+    assert log.read_text().split("\n")[:-1] == ["3 1", "4 0", "4 1", "5 0", "5 1"]
+    expected = [(x + 0.1) ** 0.5 * (r + 1) for x in range(6) for r in range(2)]
+    assert json.loads(resumed.stdout) == expected
+
+
+# --- Dask: the same sweep on a LocalCluster that the test starts ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dask_client():
+    from distributed import Client, LocalCluster
+
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          Client(cluster) as client):
+        yield client
+
+
+def test_a_dask_cluster_gives_the_in_process_table_bit_for_bit(dask_client):
+    alone = sweep(train_a_little, GRID, repeats=2, progress=False)
+    on_dask = sweep(train_a_little, GRID, repeats=2, progress=False, executor=dask_client.get_executor())
+    pd.testing.assert_frame_equal(alone, on_dask, check_exact=True)
+
+
+def test_kdnb_executor_reaches_a_dask_scheduler_by_its_address(dask_client, monkeypatch):
+    monkeypatch.setenv("KDNB_EXECUTOR", dask_client.scheduler.address)
+    pd.testing.assert_frame_equal(sweep(train_a_little, GRID, progress=False),
+                                  sweep(train_a_little, GRID, progress=False, executor=executor_from_env()),
+                                  check_exact=True)
+    executor_from_env()
+    assert list(sweeps._CLIENTS) == [dask_client.scheduler.address], "one client per address, reused"
+    sweeps._CLIENTS.pop(dask_client.scheduler.address).close()
+
+
+@pytest.mark.notebooks
+def test_a_chapter_on_a_dask_cluster_gives_the_numbers_of_a_run_in_one_process(dask_client, tmp_path, monkeypatch):
+    # Chapter 1's sweeps (labels, temperatures, the omitted digit) on the cluster's workers, its functions sent
+    # there as the notebook defines them: the claims' numbers are those of the same run in one process.
+    import papermill as pm
+
+    chapter = ROOT / "notebooks" / "01_distillation_basics.ipynb"
+    measured = {}
+    transitions = lambda: dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)  # noqa: E731
+    before = transitions()
+    for where in ("here", "dask"):
+        monkeypatch.setenv("KDNB_CLAIMS_DIR", str(tmp_path / where))
+        if where == "dask":
+            monkeypatch.setenv("KDNB_EXECUTOR", dask_client.scheduler.address)
+        pm.execute_notebook(str(chapter), str(tmp_path / f"{where}.ipynb"), parameters={"profile": "smoke"},
+                            cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+        saved = json.loads((tmp_path / where / "01_distillation_basics.smoke.json").read_text())
+        measured[where] = json.dumps([c["measured"] for c in saved["claims"]])
+    assert measured["dask"] == measured["here"]
+    assert transitions() > before, "the chapter's tasks ran on the cluster"
