@@ -140,14 +140,20 @@ def test_chapter_renders_in_jupyterlab_after_run_all(lab, chapter):
 
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         wait_for_run(page, n_code)
-        page.wait_for_timeout(2000)  # the last markdown cells render after their expressions return
         values = json.loads(page.evaluate(KERNEL_EVAL, "import json; print(json.dumps({k: repr(getattr(prose, k)) "
                                                        f"for k in {quoted!r}}}))"))
         # jupyterlab-myst renders a markdown cell into a ".myst" widget; the cell's hidden editor holds the source.
         # Everything is read off this chapter's panel only.
         panel = "window.jupyterapp.shell.currentWidget.node"
-        rendered = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell .myst'))
-                                     .map(e => e.textContent).join('\\n')""")
+        # The markdown cells re-render after their expressions return, later on a busy machine: wait for the
+        # numbers (up to a minute) rather than a fixed time.
+        deadline = time.time() + 60
+        while True:
+            rendered = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell .myst'))
+                                         .map(e => e.textContent).join('\\n')""")
+            if all(text in rendered for text in values.values()) or time.time() > deadline:
+                break
+            page.wait_for_timeout(1000)
         images = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell img'))
                                    .map(i => ({{src: i.getAttribute('src'), w: i.naturalWidth}}))""")
         stderr = page.evaluate(f"""() => {panel}.querySelectorAll(
