@@ -145,17 +145,19 @@ def test_chapter_renders_in_jupyterlab_after_run_all(lab, chapter):
         # jupyterlab-myst renders a markdown cell into a ".myst" widget; the cell's hidden editor holds the source.
         # Everything is read off this chapter's panel only.
         panel = "window.jupyterapp.shell.currentWidget.node"
-        # The markdown cells re-render after their expressions return, later on a busy machine: wait for the
-        # numbers (up to a minute) rather than a fixed time.
+        # The markdown cells re-render after their expressions return, and their figures reload after the run has
+        # rewritten them, later on a busy machine: wait for both (up to a minute) rather than a fixed time.
         deadline = time.time() + 60
         while True:
             rendered = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell .myst'))
                                          .map(e => e.textContent).join('\\n')""")
-            if all(text in rendered for text in values.values()) or time.time() > deadline:
+            images = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell img'))
+                                       .map(i => ({{src: i.getAttribute('src'), w: i.naturalWidth}}))""")
+            ready = (all(text in rendered for text in values.values())
+                     and len(images) >= n_figures and all(i["w"] > 0 for i in images))
+            if ready or time.time() > deadline:
                 break
             page.wait_for_timeout(1000)
-        images = page.evaluate(f"""() => Array.from({panel}.querySelectorAll('.jp-MarkdownCell img'))
-                                   .map(i => ({{src: i.getAttribute('src'), w: i.naturalWidth}}))""")
         stderr = page.evaluate(f"""() => {panel}.querySelectorAll(
                                    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length""")
         SHOTS.mkdir(parents=True, exist_ok=True)
