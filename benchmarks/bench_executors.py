@@ -23,12 +23,13 @@ REPEATS = int(os.environ.get("KDNB_BENCH_REPEATS", "8"))
 
 
 def chapter4_repeat(n_points, repeat):
-    """One repeat of chapter 4's loop: the prefix norm at the last n of every target, as numbers."""
+    """One repeat of chapter 4's loop: the norm at every prefix of every target, as tuples of numbers (as the
+    chapter's sweep returns them)."""
     from kdnb.papers import wide_network_kd as wide
 
     generator = torch.Generator().manual_seed(10_000 + repeat)
     norms = wide.target_difficulty_norms(generator, n_points=n_points)
-    return {task: float(norm[-1]) for task, norm in norms.items()}
+    return {task: tuple(norm.tolist()) for task, norm in norms.items()}
 
 
 def nothing(n_points, repeat):

@@ -7,6 +7,13 @@ kdnb, older pins or another profile. This script stamps a hash of everything tha
 clears Sphinx's saved environment, the saved claims and the HTML and rebuilds everything; otherwise an edited chapter
 alone is re-executed.
 
+``KDNB_JOBS=N`` executes up to N chapters at once: Sphinx reads the pages in N worker processes (its parallel read,
+``sphinx-build -j N``, which Jupyter Book's command line does not expose), each chapter in its own kernel, then writes
+the HTML from the merged result. Every kernel runs torch with kdnb's thread count (one unless KDNB_THREADS says
+otherwise) whatever N is, so the numbers, the claims and the pages are those of a serial build; a test builds a
+small book both ways and compares them. The default, 1, is serial: on a small machine a second chapter competes with
+whatever else runs (a test session, a browser). KDNB_JOBS does not enter the stamp, since it changes no number.
+
 Usage: python book/build.py [--all]
 """
 
@@ -37,7 +44,61 @@ def stamp() -> str:
     return digest.hexdigest()
 
 
+# Runs Jupyter Book's command line with Sphinx's process count set: its `build` command takes no -j option.
+# Three extensions of the build declare no parallel safety, so Sphinx would fall back to a serial read with a warning
+# (an error under -W). None keeps state per page: sphinx_multitoc_numbering (loaded by Jupyter Book) renumbers the
+# table of contents in the main process after the pages are merged, sphinx_jupyterbook_latex sets its flags when the
+# builder starts (before the workers fork) and transforms LaTeX builds only, and sphinx-mathjax-offline copies
+# MathJax when the build has finished. So they are declared safe here.
+JUPYTER_BOOK_WITH_JOBS = """
+import functools, importlib, sys
+import jupyter_book.sphinx
+from jupyter_book.cli.main import main
+
+
+def declare_parallel_safe(name):
+    module = importlib.import_module(name)
+    setup = module.setup
+
+    def safe_setup(app):
+        return {**(setup(app) or {}), "parallel_read_safe": True, "parallel_write_safe": True}
+
+    module.setup = safe_setup
+
+
+for name in ("sphinx_multitoc_numbering", "sphinx_jupyterbook_latex", "sphinx-mathjax-offline"):
+    declare_parallel_safe(name)
+jupyter_book.sphinx.build_sphinx = functools.partial(jupyter_book.sphinx.build_sphinx, jobs=int(sys.argv.pop(1)))
+sys.exit(main())
+"""
+
+
+def jobs_from_env() -> int:
+    """The number of chapters executed at once, from ``KDNB_JOBS`` (unset or empty: 1).
+
+    Raises
+    ------
+    ValueError
+        If ``KDNB_JOBS`` is not an integer >= 1.
+    """
+    raw = os.environ.get("KDNB_JOBS", "").strip()
+    if not raw:
+        return 1
+    try:
+        jobs = int(raw)
+    except ValueError:
+        raise ValueError(f"KDNB_JOBS must be an integer >= 1 (chapters executed at once), got {raw!r}") from None
+    if jobs < 1:
+        raise ValueError(f"KDNB_JOBS must be an integer >= 1 (chapters executed at once), got {raw!r}")
+    return jobs
+
+
 def main(argv: list[str]) -> int:
+    try:
+        jobs = jobs_from_env()
+    except ValueError as error:
+        print(f"[kdnb] {error}", file=sys.stderr)
+        return 2
     force = "--all" in argv
     current = stamp()
     previous = STAMP.read_text().strip() if STAMP.is_file() else None
@@ -50,7 +111,12 @@ def main(argv: list[str]) -> int:
     else:
         extra = []
     jb = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jb), "build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going", *extra]
+    arguments = ["build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going", *extra]
+    if jobs == 1:
+        command = [str(jb), *arguments]
+    else:
+        print(f"[kdnb] executing up to {jobs} chapters at once (KDNB_JOBS={jobs})", flush=True)
+        command = [sys.executable, "-c", JUPYTER_BOOK_WITH_JOBS, str(jobs), *arguments]
     start = time.perf_counter()
     # Nobody watches the kernels that execute the chapters: no progress bars (kdnb.core.progress).
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "KDNB_PROGRESS": "0"})

@@ -14,7 +14,9 @@ skipped with a reason, unless KDNB_REQUIRE_BROWSER=1 (set by .ci/run), which tur
 import importlib.util
 import json
 import os
+import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +46,10 @@ def book_env():
 @pytest.fixture(scope="session")
 def built_book():
     chromium_path()
-    result = subprocess.run([sys.executable, str(ROOT / "book" / "build.py")], cwd=ROOT, env=book_env(),
+    # Two chapters at once (KDNB_JOBS=2), which keeps CI short: nothing else runs while the tests wait for the book,
+    # and test_a_parallel_build_gives_the_pages_and_claims_of_a_serial_one shows that the pages are the same.
+    result = subprocess.run([sys.executable, str(ROOT / "book" / "build.py")], cwd=ROOT,
+                            env={**book_env(), "KDNB_JOBS": os.environ.get("KDNB_JOBS", "2")},
                             capture_output=True, text=True)
     assert result.returncode == 0, f"book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return HTML
@@ -253,3 +258,87 @@ def test_build_stamp_tracks_profile_and_library(monkeypatch):
     monkeypatch.setenv("KDNB_PROFILE", "full")
     assert build.stamp() != base
     assert "kdnb/**/*.py" in build.INPUTS and "constraints.txt" in build.INPUTS
+
+
+def load_build_script(root: Path = ROOT):
+    spec = importlib.util.spec_from_file_location("kdnb_build", root / "book" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
+
+
+@pytest.mark.parametrize("raw, jobs", [(None, 1), ("", 1), (" 3 ", 3), ("1", 1)])
+def test_kdnb_jobs_reads_the_number_of_chapters_at_once(raw, jobs, monkeypatch):
+    if raw is None:
+        monkeypatch.delenv("KDNB_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("KDNB_JOBS", raw)
+    assert load_build_script().jobs_from_env() == jobs
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_a_bad_kdnb_jobs_stops_the_build_before_it_starts(raw, monkeypatch):
+    monkeypatch.setenv("KDNB_JOBS", raw)
+    build = load_build_script()
+    with pytest.raises(ValueError, match=r"KDNB_JOBS must be an integer >= 1 .*" + re.escape(repr(raw))):
+        build.jobs_from_env()
+    result = subprocess.run([sys.executable, str(ROOT / "book" / "build.py")], cwd=ROOT, capture_output=True,
+                            text=True, env={**book_env(), "KDNB_JOBS": raw}, timeout=60)
+    assert result.returncode == 2 and "KDNB_JOBS must be an integer" in result.stderr
+
+
+# Random identifiers that differ from one build to the next, serial or not: widget models and pandas Styler tables.
+RANDOM_IDS = re.compile(r"\b[0-9a-f]{32}\b|\bT_[0-9a-f]{5}(?=[_\"])")
+
+
+@pytest.mark.notebooks
+def test_a_parallel_build_gives_the_pages_and_claims_of_a_serial_one(tmp_path):
+    """KDNB_JOBS=2 against the default serial build, on a book of two chapters and the scorecard (smoke profile).
+
+    book/build.py is run from a copy of the book, whose root it takes for the book's. Every page but the table of
+    execution times (which holds clock times) and the search index (which indexes it) must be the serial build's,
+    up to the random identifiers above, and the claims files the same bytes.
+    """
+    chapters = ["10_spectral_student_teacher", "11_copy_or_average"]
+    built = {}
+    for jobs in (1, 2):
+        book = tmp_path / f"jobs{jobs}"
+        shutil.copytree(ROOT / "book", book / "book")
+        shutil.copy(ROOT / "_config.yml", book)
+        (book / "notebooks").mkdir()
+        for name in chapters:
+            shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", book / "notebooks")
+        (book / "index.md").write_text("# Two chapters\n\nA book of two chapters, built by a test.\n")
+        toc = {"format": "jb-book", "root": "index", "chapters": [
+            {"file": "book/run"}, *[{"file": f"notebooks/{name}"} for name in chapters],
+            {"file": "book/scorecard"}, {"file": "book/execution"}, {"file": "book/bibliography"}]}
+        (book / "_toc.yml").write_text(yaml.safe_dump(toc))
+        env = {**book_env(), "KDNB_PROFILE": "smoke", "KDNB_JOBS": str(jobs)}
+        result = subprocess.run([sys.executable, str(book / "book" / "build.py")], cwd=book, env=env,
+                                capture_output=True, text=True, timeout=900)
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, f"the build with KDNB_JOBS={jobs} failed:\n{log[-6000:]}"
+        # Sphinx's parallel read reports its progress by chunks of pages ("book/run .. notebooks/11_..."), its
+        # serial read page by page; it would fall back to a serial read (and warn, which -W makes an error) if an
+        # extension of the build were not declared safe for it
+        chunks = [line for line in log.splitlines() if "reading sources" in line and " .. " in line]
+        assert bool(chunks) == (jobs > 1), log[-3000:]
+        built[jobs] = book / "_build"
+        # the scorecard is re-read on every build (book/_ext/kdnb_book.py), which Sphinx's saved environment must
+        # remember after a parallel read too: the workers' environments are merged into it
+        saved = pickle.loads((built[jobs] / ".doctrees" / "environment.pickle").read_bytes())
+        assert saved.kdnb_scorecard_docs == {"book/scorecard"}
+
+    def pages(build: Path) -> dict:
+        html = build / "html"
+        return {str(p.relative_to(html)): RANDOM_IDS.sub("ID", p.read_text(errors="replace"))
+                for p in sorted(html.rglob("*.html")) if p.relative_to(html).as_posix() != "book/execution.html"}
+
+    serial, parallel = pages(built[1]), pages(built[2])
+    assert serial.keys() == parallel.keys()
+    assert [p for p in serial if serial[p] != parallel[p]] == []
+    assert all(f"notebooks/{name}.html" in serial["book/scorecard.html"] for name in chapters)
+    claims = {jobs: {p.name: p.read_bytes() for p in sorted((built[jobs] / "claims").glob("*.json"))}
+              for jobs in (1, 2)}
+    assert sorted(claims[1]) == [f"{name}.smoke.json" for name in chapters]
+    assert claims[1] == claims[2]

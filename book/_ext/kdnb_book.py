@@ -60,6 +60,17 @@ def _always_reread(app, env, added, changed, removed):
     return sorted(getattr(env, "kdnb_scorecard_docs", set()))
 
 
+def _purge_doc(app, env, docname):
+    getattr(env, "kdnb_scorecard_docs", set()).discard(docname)
+
+
+def _merge_info(app, env, docnames, other):
+    # Sphinx's parallel read (book/build.py with KDNB_JOBS > 1) reads pages in forked processes and merges each
+    # process's environment into the main one; without this the scorecard page would not be re-read next time.
+    env.kdnb_scorecard_docs = getattr(env, "kdnb_scorecard_docs", set()) | getattr(other, "kdnb_scorecard_docs",
+                                                                                   set())
+
+
 def _chapters(app) -> list[str]:
     """Notebook chapters that the build includes, by docname (e.g. ``notebooks/01_distillation_basics``)."""
     return sorted(d for d in app.env.found_docs if d.startswith("notebooks/"))
@@ -268,6 +279,8 @@ def setup(app):
     app.add_node(scorecard_placeholder)
     app.add_directive("kdnb-scorecard", ScorecardDirective)
     app.connect("env-get-outdated", _always_reread)
+    app.connect("env-purge-doc", _purge_doc)
+    app.connect("env-merge-info", _merge_info)
     app.connect("doctree-resolved", _fill)
     app.connect("html-page-context", _drop_thebe)
     app.connect("build-finished", _lighten, priority=900)  # after sphinx-mathjax-offline has copied MathJax

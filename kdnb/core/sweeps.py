@@ -71,7 +71,8 @@ def sweep(
     executor : concurrent.futures.Executor or None, default None
         Where the tasks run: a ``ProcessPoolExecutor``, Dask's ``Client.get_executor()``, any ``Executor``; None
         runs them in this process, in order, as before executors existed. The measurements must be numbers,
-        strings, booleans or None there: they cross processes as a table, never as pickled objects.
+        strings, booleans or None there, or tuples of them (a profile, such as a norm at every sample size): they
+        cross processes as a table, never as pickled objects.
     resume : mapping or None, default None
         ``{"name": str, "settings": mapping}``: the cache entry's name (as in :func:`kdnb.core.cache.load_or_fit`)
         and everything ``function`` depends on beyond its arguments (the chapter's profile, seed and parameters);
@@ -88,7 +89,7 @@ def sweep(
     TypeError
         If ``function`` is not callable or returns something that is not a mapping, ``repeats`` is not an int,
         ``progress`` is neither None nor a bool, ``executor`` is not an Executor, or (with an executor or
-        ``resume``) a measurement is not a number, a string, a bool or None.
+        ``resume``) a measurement is not a number, a string, a bool, None or a tuple of those.
     ValueError
         If ``grid`` is not a non-empty mapping, one of its values is not a non-empty sequence, it has a ``"repeat"``
         axis, ``repeats`` < 1, or ``resume`` is not of the form above.
@@ -190,16 +191,19 @@ _PLAIN = (numbers.Number, str, bool, type(None), np.generic)
 
 
 def _plain_measurements(measured, setting, repeat) -> dict:
-    """``measured`` as a dict of Python scalars, or a TypeError naming the measurement that is not one."""
+    """``measured`` as a dict of Python scalars and tuples of them, or a TypeError naming what is neither."""
     if not isinstance(measured, Mapping):
         raise TypeError("function must return a mapping of measured values")
     out = {}
     for name, value in measured.items():
-        if not isinstance(value, _PLAIN):
+        if isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value):
+            out[name] = tuple(v.item() if isinstance(v, np.generic) else v for v in value)
+        elif isinstance(value, _PLAIN):
+            out[name] = value.item() if isinstance(value, np.generic) else value
+        else:
             raise TypeError(f"measurement {name!r} of {setting!r}, repeat {repeat} is a {type(value).__name__}: "
-                            "with an executor or resume, measurements must be numbers (float(...) of a tensor), strings, bools "
-                            "or None")
-        out[name] = value.item() if isinstance(value, np.generic) else value
+                            "with an executor or resume, a measurement must be a number (float(...) of a tensor), a "
+                            "string, a bool, None, or a tuple of those (tuple(tensor.tolist()))")
     return out
 
 
@@ -240,7 +244,8 @@ class _ResumeStore:
             return None
         if not isinstance(entry, dict) or not isinstance(entry.get("measured"), dict):
             return None
-        return entry["measured"]
+        # JSON has no tuples: a sequence of numbers comes back as the tuple it was written from
+        return {name: tuple(value) if isinstance(value, list) else value for name, value in entry["measured"].items()}
 
     def write(self, setting, repeat, measured):
         path = self._path(setting, repeat)

@@ -79,6 +79,38 @@ def test_only_numbers_cross_processes(pool):
         sweep(train_a_little, GRID, progress=False, executor="processes:2")
 
 
+def loss_curve(width, lr, repeat):
+    """A profile of numbers per task (the loss after every step), as a chapter returns a norm at every prefix."""
+    g = torch.Generator().manual_seed(1000 * width + int(lr * 1e4) + repeat)
+    x, y = torch.randn(32, 3, generator=g), torch.randn(32, 1, generator=g)
+    model = MLP(3, [width], 1, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.double())
+    return {"curve": tuple(torch.stack(losses).tolist()), "steps": len(losses)}
+
+
+def test_a_tuple_of_numbers_crosses_processes_and_the_cache_as_a_tuple(pool, tmp_path, monkeypatch):
+    alone = sweep(loss_curve, GRID, repeats=2, progress=False)
+    assert all(isinstance(c, tuple) and len(c) == 5 for c in alone["curve"])
+    pd.testing.assert_frame_equal(alone, sweep(loss_curve, GRID, repeats=2, progress=False, executor=pool),
+                                  check_exact=True)
+    monkeypatch.setenv("KDNB_CACHE_DIR", str(tmp_path))
+    resume = {"name": "curves", "settings": {}}
+    sweep(loss_curve, GRID, repeats=2, progress=False, resume=resume)
+    read_back = sweep(loss_curve, GRID, repeats=2, progress=False, resume=resume)  # every task from the cache
+    pd.testing.assert_frame_equal(alone, read_back, check_exact=True)
+    with pytest.raises(SweepTaskError, match="measurement 'curve'.*is a list.*tuple"):
+        sweep(lambda width, lr, repeat: {"curve": [1.0, 2.0]}, GRID, progress=False, executor=pool)
+    with pytest.raises(SweepTaskError, match="measurement 'curve'.*is a tuple"):
+        sweep(lambda width, lr, repeat: {"curve": (torch.zeros(()),)}, GRID, progress=False, executor=pool)
+
+
 def test_kdnb_executor_names_the_executor(monkeypatch, pool):
     monkeypatch.delenv("KDNB_EXECUTOR", raising=False)
     assert executor_from_env() is None
@@ -196,13 +228,42 @@ def test_kdnb_executor_reaches_a_dask_scheduler_by_its_address(dask_client, monk
     sweeps._CLIENTS.pop(dask_client.scheduler.address).close()
 
 
+# Every chapter whose sweeps take KDNB_EXECUTOR: its tasks on the cluster's workers, its functions sent there as the
+# notebook defines them, give the claims' numbers of the same run in one process.
+EXECUTOR_CHAPTERS = ["01_distillation_basics", "02_ntk_linearization", "04_data_inefficiency", "06_factor_transfer",
+                     "08_ensemble_distillation", "09_weakly_supervised_mil", "11_copy_or_average"]
+
+
+def sweep_calls(chapter: Path) -> list:
+    """Every call of ``sweep`` (or ``sweeps.sweep``) in a chapter's code cells, as ast.Call nodes."""
+    import ast
+
+    import nbformat
+
+    calls = []
+    for cell in nbformat.read(chapter, as_version=4).cells:
+        if cell.cell_type == "code":
+            calls += [node for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Call)
+                      and getattr(node.func, "id", getattr(node.func, "attr", None)) == "sweep"]
+    return calls
+
+
+def test_every_sweep_of_every_chapter_takes_kdnb_executor():
+    sweeping = {}
+    for chapter in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        if calls := sweep_calls(chapter):
+            sweeping[chapter.stem] = all(any(k.arg == "executor" for k in call.keywords) for call in calls)
+    assert sorted(sweeping) == EXECUTOR_CHAPTERS, "the chapters run on a cluster below are those that sweep"
+    assert all(sweeping.values()), f"a sweep without executor=: {[c for c, ok in sweeping.items() if not ok]}"
+
+
 @pytest.mark.notebooks
-def test_a_chapter_on_a_dask_cluster_gives_the_numbers_of_a_run_in_one_process(dask_client, tmp_path, monkeypatch):
-    # Chapter 1's sweeps (labels, temperatures, the omitted digit) on the cluster's workers, its functions sent
-    # there as the notebook defines them: the claims' numbers are those of the same run in one process.
+@pytest.mark.parametrize("name", EXECUTOR_CHAPTERS)
+def test_a_chapter_on_a_dask_cluster_gives_the_numbers_of_a_run_in_one_process(name, dask_client, tmp_path,
+                                                                                monkeypatch):
     import papermill as pm
 
-    chapter = ROOT / "notebooks" / "01_distillation_basics.ipynb"
+    chapter = ROOT / "notebooks" / f"{name}.ipynb"
     measured = {}
     transitions = lambda: dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)  # noqa: E731
     before = transitions()
@@ -212,7 +273,7 @@ def test_a_chapter_on_a_dask_cluster_gives_the_numbers_of_a_run_in_one_process(d
             monkeypatch.setenv("KDNB_EXECUTOR", dask_client.scheduler.address)
         pm.execute_notebook(str(chapter), str(tmp_path / f"{where}.ipynb"), parameters={"profile": "smoke"},
                             cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
-        saved = json.loads((tmp_path / where / "01_distillation_basics.smoke.json").read_text())
+        saved = json.loads((tmp_path / where / f"{name}.smoke.json").read_text())
         measured[where] = json.dumps([c["measured"] for c in saved["claims"]])
     assert measured["dask"] == measured["here"]
     assert transitions() > before, "the chapter's tasks ran on the cluster"
