@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import signal
 import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def sweep(
             try:
                 import cloudpickle  # pickles a chapter's closures by value, as the standard pickle cannot
             except ImportError:
-                raise ImportError("a sweep on an executor needs cloudpickle: pip install -e .[cluster]") from None
+                raise ImportError("a sweep on an executor needs cloudpickle: pip install cloudpickle") from None
             payload = cloudpickle.dumps(function)
             threads = torch.get_num_threads()
             futures = {executor.submit(_run_task, payload, tasks[i][0], tasks[i][1], threads): i for i in missing}
@@ -273,14 +274,28 @@ def _json_value(value):
     return repr(value)
 
 
-def executor_from_env():
+IN_PROCESS = "in-process"  # the value of KDNB_EXECUTOR that keeps a sweep in this process whatever the default
+
+
+def executor_from_env(default: str | None = None):
     """The executor ``KDNB_EXECUTOR`` names, for :func:`sweep`.
 
-    * unset or empty: None (the sweep runs in this process);
+    * ``in-process``: None (the sweep runs in this process, one task after another);
     * ``processes:N``: a ``concurrent.futures.ProcessPoolExecutor`` of ``N >= 1`` workers (``spawn`` start, so
       that no worker inherits torch's threads);
     * ``tcp://host:port`` (or any other address with ``://``): a Dask scheduler, through
-      ``distributed.Client(address).get_executor()`` (``pip install -e .[cluster]``).
+      ``distributed.Client(address).get_executor()`` (``pip install -e .[cluster]``);
+    * unset or empty: ``default``, read the same way.
+
+    The table of a sweep does not depend on the executor (see :func:`sweep`), so a chapter may give a ``default``
+    that only changes how long it takes: one whose repeats are few and long, on a machine whose other cores would
+    stay idle, takes ``"processes:2"``.
+
+    Parameters
+    ----------
+    default : str or None, default None
+        The executor where ``KDNB_EXECUTOR`` is unset or empty, in the same syntax; None (or ``"in-process"``) runs
+        the sweep in this process.
 
     Returns
     -------
@@ -288,29 +303,37 @@ def executor_from_env():
 
     Raises
     ------
+    TypeError
+        If ``default`` is neither a str nor None.
     ValueError
-        If ``KDNB_EXECUTOR`` is set to anything else, or ``N`` is not a positive integer.
+        If ``KDNB_EXECUTOR`` (or, where it is unset, ``default``) is anything else, or ``N`` is not a positive
+        integer.
     ImportError
         If it names a Dask scheduler and ``distributed`` is not installed.
     """
+    if default is not None and not isinstance(default, str):
+        raise TypeError(f"default must be an executor's name (a str) or None, got {type(default).__name__}")
     raw = os.environ.get("KDNB_EXECUTOR", "").strip()
+    source = "KDNB_EXECUTOR"
     if not raw:
+        raw, source = (default or "").strip(), "default"
+    if not raw or raw == IN_PROCESS:
         return None
     if raw.startswith("processes:"):
         count = raw.split(":", 1)[1]
         if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"KDNB_EXECUTOR=processes:N needs a positive integer N, got {raw!r}")
+            raise ValueError(f"{source}=processes:N needs a positive integer N, got {raw!r}")
         return _shared_pool(int(count))
     if "://" in raw:
         try:
             from distributed import Client
         except ImportError:
-            raise ImportError(f"KDNB_EXECUTOR={raw!r} names a Dask scheduler, but distributed is not installed: "
+            raise ImportError(f"{source}={raw!r} names a Dask scheduler, but distributed is not installed: "
                               "pip install -e .[cluster]") from None
         if raw not in _CLIENTS:  # one connection per scheduler and process, reused by every sweep
             _CLIENTS[raw] = Client(raw)
         return _CLIENTS[raw].get_executor()
-    raise ValueError(f"KDNB_EXECUTOR must be unset, 'processes:N' or a Dask scheduler address such as "
+    raise ValueError(f"{source} must be unset, {IN_PROCESS!r}, 'processes:N' or a Dask scheduler address such as "
                      f"'tcp://127.0.0.1:8786', got {raw!r}")
 
 
@@ -323,8 +346,16 @@ def _shared_pool(workers: int) -> Executor:
     if workers not in _POOLS:
         import multiprocessing
 
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=_ignore_interrupts)
     return _POOLS[workers]
+
+
+def _ignore_interrupts():
+    # A worker leaves Ctrl-C to the notebook's process, which stops the sweep: Jupyter interrupts and shuts down a
+    # kernel by signalling its whole process group, and a worker waiting for its next task would print a
+    # KeyboardInterrupt traceback instead of exiting when the pool is closed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,38 @@ def test_kdnb_executor_names_the_executor(monkeypatch, pool):
             executor_from_env()
 
 
+def test_a_chapter_default_applies_only_where_kdnb_executor_is_unset(monkeypatch, pool):
+    monkeypatch.delenv("KDNB_EXECUTOR", raising=False)
+    assert executor_from_env(default="processes:2") is pool
+    assert executor_from_env(default="in-process") is None and executor_from_env(default=None) is None
+    monkeypatch.setenv("KDNB_EXECUTOR", "")  # empty is unset
+    assert executor_from_env(default="processes:2") is pool
+    monkeypatch.setenv("KDNB_EXECUTOR", "in-process")  # the reader's choice wins over the chapter's default
+    assert executor_from_env(default="processes:2") is None
+    monkeypatch.delenv("KDNB_EXECUTOR")
+    with pytest.raises(ValueError, match="default must be unset, 'in-process', 'processes:N'.*got 'pool'"):
+        executor_from_env(default="pool")
+    with pytest.raises(ValueError, match="default=processes:N needs a positive integer N, got 'processes:0'"):
+        executor_from_env(default="processes:0")
+    with pytest.raises(TypeError, match="default must be an executor's name"):
+        executor_from_env(default=2)
+    monkeypatch.setenv("KDNB_EXECUTOR", "processes:2")
+    with pytest.raises(TypeError, match="default must be"):  # refused even where the environment decides
+        executor_from_env(default=2)
+
+
+def interrupt_handler_is_ignored(job, repeat):
+    import signal
+
+    return {"ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN}
+
+
+def test_pool_workers_leave_interrupts_to_the_notebook(pool):
+    # Jupyter signals a kernel's whole process group to interrupt or stop it; the workers must not print tracebacks
+    assert sweep(interrupt_handler_is_ignored, {"job": [0, 1]}, repeats=2, progress=False,
+                 executor=pool)["ignored"].all()
+
+
 def test_without_an_executor_a_sweep_stays_in_this_process_and_with_one_it_does_not(monkeypatch, pool):
     monkeypatch.setenv("KDNB_EXECUTOR", "processes:2")  # read by executor_from_env only, never by sweep itself
     kept = []
@@ -231,7 +263,8 @@ def test_kdnb_executor_reaches_a_dask_scheduler_by_its_address(dask_client, monk
 # Every chapter whose sweeps take KDNB_EXECUTOR: its tasks on the cluster's workers, its functions sent there as the
 # notebook defines them, give the claims' numbers of the same run in one process.
 EXECUTOR_CHAPTERS = ["01_distillation_basics", "02_ntk_linearization", "04_data_inefficiency", "06_factor_transfer",
-                     "08_ensemble_distillation", "09_weakly_supervised_mil", "11_copy_or_average"]
+                     "07_gan_compression_vem", "08_ensemble_distillation", "09_weakly_supervised_mil",
+                     "11_copy_or_average"]
 
 
 def sweep_calls(chapter: Path) -> list:
