@@ -11,8 +11,11 @@ import numbers
 import os
 import signal
 import tempfile
+import threading
+import weakref
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -49,6 +52,11 @@ def sweep(
     ``run.generator_for(..., repeat)`` does), never from torch's global generator, whose state a worker does not
     share, and returns its measurements only: what it stores elsewhere (a model kept in a dict of the notebook) stays
     in the worker. Each worker sets torch's thread count as this process does.
+
+    A process pool from :func:`executor_from_env` is shared by the sweeps of this process. Its workers ignore
+    Ctrl-C: an interrupt stops the sweep here and stops the workers' tasks with it (the next sweep starts new
+    workers), and a pool whose worker died, or whose workers imported kdnb files that have changed since, is
+    started again in its place.
 
     With ``resume``, each finished task's measurements are written to kdnb's cache (:mod:`kdnb.core.cache`) as it
     completes, and a sweep started again with the same ``resume`` (after a crash or a ``kill -9``, say) computes only
@@ -156,6 +164,7 @@ def sweep(
             except ImportError:
                 raise ImportError("a sweep on an executor needs cloudpickle: pip install cloudpickle") from None
             payload = cloudpickle.dumps(function)
+            executor = _current_executor(executor)
             threads = torch.get_num_threads()
             futures = {executor.submit(_run_task, payload, tasks[i][0], tasks[i][1], threads): i for i in missing}
             try:
@@ -168,6 +177,13 @@ def sweep(
                         raise SweepTaskError(f"the task {setting!r}, repeat {r} failed: "
                                              f"{type(error).__name__}: {error}") from error
                     finish(i, measured)
+            except KeyboardInterrupt:
+                # Ctrl-C (or Jupyter's interrupt) stops the tasks too: a shared pool's workers are stopped, and the
+                # next sweep starts new ones, instead of waiting for tasks whose results nobody reads.
+                workers = _POOL_SIZES.get(executor)
+                if workers is not None and _POOLS.get(workers) is executor:
+                    _stop_pool(workers)
+                raise
             finally:
                 for future in futures:
                     future.cancel()
@@ -310,6 +326,8 @@ def executor_from_env(default: str | None = None):
         integer.
     ImportError
         If it names a Dask scheduler and ``distributed`` is not installed.
+    OSError
+        If it names a Dask scheduler that does not answer (after distributed's connection timeout).
     """
     if default is not None and not isinstance(default, str):
         raise TypeError(f"default must be an executor's name (a str) or None, got {type(default).__name__}")
@@ -321,7 +339,7 @@ def executor_from_env(default: str | None = None):
         return None
     if raw.startswith("processes:"):
         count = raw.split(":", 1)[1]
-        if not count.isdigit() or int(count) < 1:
+        if not (count.isascii() and count.isdigit()) or int(count) < 1:
             raise ValueError(f"{source}=processes:N needs a positive integer N, got {raw!r}")
         return _shared_pool(int(count))
     if "://" in raw:
@@ -331,31 +349,113 @@ def executor_from_env(default: str | None = None):
             raise ImportError(f"{source}={raw!r} names a Dask scheduler, but distributed is not installed: "
                               "pip install -e .[cluster]") from None
         if raw not in _CLIENTS:  # one connection per scheduler and process, reused by every sweep
-            _CLIENTS[raw] = Client(raw)
+            try:
+                _CLIENTS[raw] = Client(raw)
+            except OSError as error:
+                raise OSError(f"{source}={raw!r}: no Dask scheduler answered there ({error})") from error
         return _CLIENTS[raw].get_executor()
     raise ValueError(f"{source} must be unset, {IN_PROCESS!r}, 'processes:N' or a Dask scheduler address such as "
                      f"'tcp://127.0.0.1:8786', got {raw!r}")
 
 
 _POOLS: dict[int, Executor] = {}
+_POOL_SOURCES: dict[int, tuple] = {}  # kdnb's source files as they were when each pool's workers imported them
+_POOL_SIZES: "weakref.WeakKeyDictionary[Executor, int]" = weakref.WeakKeyDictionary()  # every shared pool, stopped too
 _CLIENTS: dict[str, Any] = {}
 
 
+def _kdnb_sources() -> tuple:
+    """(path, modification time, size) of every file of the kdnb package: what a worker imports when it starts."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while we looked
+            continue
+        found.append((str(path.relative_to(root)), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
+
+
 def _shared_pool(workers: int) -> Executor:
-    # One pool per size and process: a chapter's sweeps reuse its workers instead of starting new ones each time.
-    if workers not in _POOLS:
+    """The process pool of ``workers`` workers that every sweep of this process shares, started if needed.
+
+    A pool is started again (its workers stopped) when one of its workers died, which leaves a
+    ``ProcessPoolExecutor`` broken for good, or when kdnb's source files changed since its workers imported them
+    (a reader who edits kdnb and reloads it in the notebook gets workers that run the same code).
+    """
+    pool = _POOLS.get(workers)
+    if pool is not None and (getattr(pool, "_broken", False) or _POOL_SOURCES.get(workers) != _kdnb_sources()):
+        _stop_pool(workers)
+        pool = None
+    if pool is None:
         import multiprocessing
 
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                              initializer=_ignore_interrupts)
-    return _POOLS[workers]
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker)
+        _POOL_SOURCES[workers] = _kdnb_sources()
+        # Start every worker now, with Ctrl-C ignored while they are created: a worker inherits that, and so ignores
+        # an interrupt that comes while it imports torch, before its initializer runs (it would die of it, and
+        # leave the pool broken). The workers then import kdnb while the notebook goes on.
+        with _interrupts_ignored():
+            for _ in range(workers):
+                pool.submit(int)
+        _POOLS[workers], _POOL_SIZES[pool] = pool, workers
+    return pool
 
 
-def _ignore_interrupts():
+def _stop_pool(workers: int) -> None:
+    """Stop a shared pool's workers, running tasks included, and forget the pool."""
+    pool = _POOLS.pop(workers, None)
+    _POOL_SOURCES.pop(workers, None)
+    if pool is None:
+        return
+    # ProcessPoolExecutor has no public way to stop a running task before Python 3.14 (terminate_workers): its
+    # processes are ended directly, then the pool is shut down without waiting.
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _current_executor(executor: Executor) -> Executor:
+    """``executor``, or the shared pool that replaces it if it is a shared pool that was stopped or has to be
+    started again (a notebook keeps the executor of its first cell)."""
+    workers = _POOL_SIZES.get(executor)
+    return executor if workers is None else _shared_pool(workers)
+
+
+class _interrupts_ignored:
+    """Ignore SIGINT inside the block (only in the main thread, where Python allows signal handlers)."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _start_worker():
     # A worker leaves Ctrl-C to the notebook's process, which stops the sweep: Jupyter interrupts and shuts down a
     # kernel by signalling its whole process group, and a worker waiting for its next task would print a
     # KeyboardInterrupt traceback instead of exiting when the pool is closed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker whose parent is killed (kill -9, the out-of-memory killer) waits for its next task for ever: it
+    # exits when the parent's process ends instead.
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="kdnb-parent-watch").start()
+
+
+def _exit_with(parent) -> None:
+    parent.join()
+    os._exit(1)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def pool():
     """The 2-worker pool that KDNB_EXECUTOR=processes:2 names, started once for this module."""
     executor = sweeps._shared_pool(2)
     yield executor
-    sweeps._POOLS.pop(2).shutdown()
+    sweeps._stop_pool(2)
 
 
 def test_a_process_pool_gives_the_in_process_table_bit_for_bit(pool):
@@ -116,7 +116,7 @@ def test_kdnb_executor_names_the_executor(monkeypatch, pool):
     assert executor_from_env() is None
     monkeypatch.setenv("KDNB_EXECUTOR", "processes:2")
     assert executor_from_env() is pool and isinstance(pool, ProcessPoolExecutor)  # one pool per size, reused
-    for bad in ("processes:0", "processes:two", "threads", "8786"):
+    for bad in ("processes:0", "processes:two", "processes:\u00b2", "threads", "8786"):
         monkeypatch.setenv("KDNB_EXECUTOR", bad)
         with pytest.raises(ValueError, match="KDNB_EXECUTOR"):
             executor_from_env()
@@ -152,6 +152,127 @@ def test_pool_workers_leave_interrupts_to_the_notebook(pool):
     # Jupyter signals a kernel's whole process group to interrupt or stop it; the workers must not print tracebacks
     assert sweep(interrupt_handler_is_ignored, {"job": [0, 1]}, repeats=2, progress=False,
                  executor=pool)["ignored"].all()
+
+
+def signal_ignored(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` ignores ``signum``, from the SigIgn mask of /proc/<pid>/status (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    raise AssertionError("no SigIgn line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_pool_workers_ignore_interrupts_from_their_start_and_the_notebook_does_not():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        fresh = sweeps._shared_pool(1)
+        # at once, while the worker still imports torch: an interrupt then would have killed it and the pool
+        assert [signal_ignored(p.pid, signal.SIGINT) for p in fresh._processes.values()] == [True]
+        assert signal.getsignal(signal.SIGINT) is before, "the notebook's own Ctrl-C handler is restored"
+    finally:
+        sweeps._stop_pool(1)
+
+
+def test_a_pool_whose_worker_died_or_whose_kdnb_changed_is_started_again(monkeypatch):
+    import signal
+    import time
+
+    first = sweeps._shared_pool(1)
+    assert sweep(train_a_little, GRID, progress=False, executor=first)["loss"].notna().all()
+    (worker,) = first._processes.values()
+    os.kill(worker.pid, signal.SIGKILL)  # the out-of-memory killer, say: a ProcessPoolExecutor is then broken for good
+    deadline = time.monotonic() + 30
+    while not first._broken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the notebook keeps the executor of its first cell: the sweep runs on a new pool in its place
+    table = sweep(train_a_little, GRID, progress=False, executor=first)
+    pd.testing.assert_frame_equal(table, sweep(train_a_little, GRID, progress=False), check_exact=True)
+    second = sweeps._shared_pool(1)
+    assert second is not first and sweeps._shared_pool(1) is second
+    # kdnb's files changed (a reader edited and reloaded a module): the workers are started again, with that code
+    monkeypatch.setattr(sweeps, "_kdnb_sources", lambda: (("edited.py", 1, 1),))
+    third = sweeps._shared_pool(1)
+    assert third is not second and sweeps._shared_pool(1) is third
+    sweeps._stop_pool(1)
+
+
+LIFECYCLE = textwrap.dedent("""
+    import os, signal, sys, threading, time, json
+    from kdnb.core import sweeps
+
+    def slow(x, repeat):
+        time.sleep(60)
+        return {"x": x}
+
+    def quick(x, repeat):
+        return {"pid": os.getpid()}
+
+    if __name__ == "__main__":
+        executor = sweeps.executor_from_env()
+        first = sorted(p.pid for p in executor._processes.values())
+        print(json.dumps(first), flush=True)
+        if sys.argv[1] == "interrupt":
+            threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+            start = time.monotonic()
+            try:
+                sweeps.sweep(slow, {"x": [0, 1]}, progress=False, executor=executor)
+            except KeyboardInterrupt:
+                print(json.dumps(time.monotonic() - start), flush=True)
+            pids = sweeps.sweep(quick, {"x": [0, 1]}, progress=False, executor=executor)["pid"].tolist()
+            print(json.dumps(pids), flush=True)
+        else:
+            sweeps.sweep(quick, {"x": [0, 1]}, progress=False, executor=executor)
+            print("ready", flush=True)
+            time.sleep(600)
+""")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited; where no init reaps it, it stays listed
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_an_interrupt_stops_the_workers_tasks_and_the_next_sweep_runs_on_new_ones(tmp_path):
+    script = tmp_path / "lifecycle.py"
+    script.write_text(LIFECYCLE)
+    env = {**os.environ, "KDNB_EXECUTOR": "processes:2", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script), "interrupt"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, waited, pids = (json.loads(line) for line in done.stdout.splitlines())
+    assert waited < 30, "the sweep stopped at the interrupt, not after its 60-second tasks"
+    assert not any(alive(pid) for pid in first), "the interrupted tasks' workers were stopped"
+    assert set(pids).isdisjoint(first) and len(set(pids)) >= 1
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "lifecycle.py"
+    script.write_text(LIFECYCLE)
+    env = {**os.environ, "KDNB_EXECUTOR": "processes:2", "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen([sys.executable, str(script), "wait"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        workers = json.loads(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "ready"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers), "the workers outlived their parent"
+    finally:
+        parent.kill()
 
 
 def test_without_an_executor_a_sweep_stays_in_this_process_and_with_one_it_does_not(monkeypatch, pool):
